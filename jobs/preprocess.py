@@ -1,0 +1,104 @@
+"""Preprocess AudioSet-style clips into WebDataset shards on Ray.
+
+    ray job submit --working-dir . -- python jobs/preprocess.py \\
+        --segments balanced_train_segments.csv --labels class_labels_indices.csv \\
+        --media-dir /data/audioset/clips --out /data/audioset/balanced
+
+Without ``ray job submit`` the same command attaches to a running local cluster or starts an
+embedded one. Rerun the same command to resume; ``--retry-failed`` retries failed clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+# The project root, so `python jobs/preprocess.py` imports the packages also from the copy
+# that `ray job submit --working-dir .` uploads.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ray  # noqa: E402
+
+from perceiver.config import ConfigError, load_config  # noqa: E402
+from pipeline import sources, storage  # noqa: E402
+from pipeline.distributed import DatasetMismatchError, PreprocessJob, check_reachable, run_preprocess  # noqa: E402
+from pipeline.encode import EncodeOptions  # noqa: E402
+from pipeline.lock import RunLock, RunLockedError  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "audioset.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--segments", action="append", help="AudioSet segment CSV (repeatable)")
+    src.add_argument("--manifest", help="generic manifest (CSV or Parquet: path, labels[, start, end, key])")
+    p.add_argument("--labels", required=True, help="class_labels_indices.csv (index,mid,display_name)")
+    p.add_argument("--media-dir", help="folder of clips: {ytid}.<ext> or Y{ytid}.<ext> by default")
+    p.add_argument("--media-pattern", help="file name pattern with {ytid}, {start}, {end}, {start_ms}, {end_ms}")
+    p.add_argument("--full-videos", action="store_true", help="media files are whole videos: seek to each segment")
+    p.add_argument("--out", required=True, help="output directory or URI (s3://, gs://, shared mount)")
+    p.add_argument("--split", help="shard name prefix (default: eval if a segments file name says so, else train)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: configs/audioset.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--retry-failed", action="store_true", help="retry only the clips in failures.parquet")
+    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, a running local cluster, or embedded)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.set)
+        classes = sources.load_labels(args.labels)
+        if args.segments:
+            rows, failures = sources.read_segments(args.segments, classes)
+            split = args.split or ("eval" if any("eval" in Path(s).name for s in args.segments) else "train")
+        else:
+            rows, failures = sources.read_manifest(args.manifest, classes)
+            split = args.split or "train"
+        if args.media_dir is None and args.segments:
+            raise sources.SourceError("--media-dir is required with --segments: the folder holding the clips")
+        resolved, missing = sources.resolve_media(rows, args.media_dir, args.media_pattern) if args.media_dir \
+            else sources.resolve_media(rows, str(Path(args.manifest).parent))
+    except (ConfigError, sources.SourceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # Rows without media stay in the shard plan (so adding the files later and rerunning with
+    # --retry-failed fills them in without changing any finished shard).
+    by_key = {r.key: r for r in resolved}
+    missing_by_id = {(f.ytid, f.start): f for f in missing}
+    missing_rows = {r.key: _failure_dict(missing_by_id[(r.ytid, r.start)], r.key) for r in rows if r.key not in by_key}
+    out = storage.locate(args.out)
+    job = PreprocessJob(
+        out=out, rows=[by_key.get(r.key, r) for r in rows], missing=missing_rows,
+        source_failures=[_failure_dict(f, sources.make_key(f.ytid, f.start)) for f in failures],
+        classes=classes,
+        options=EncodeOptions(cfg.data, tuple(cfg.inputs.modalities), args.full_videos),
+        split=split, retry_failed=args.retry_failed,
+        inputs={"segments": args.segments, "manifest": args.manifest, "labels": args.labels,
+                "media_dir": args.media_dir, "media_pattern": args.media_pattern, "full_videos": args.full_videos,
+                "config": args.config, "overrides": args.set},
+    )
+    ray.init(address=args.address, log_to_driver=True)
+    try:
+        check_reachable(out)
+        with RunLock(out, "preprocess"):
+            summary = run_preprocess(job)
+    except (RunLockedError, DatasetMismatchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    print(summary.line(), flush=True)
+    return 0
+
+
+def _failure_dict(f: sources.RowFailure, key: str) -> dict:
+    return {"key": key, "ytid": f.ytid, "start_seconds": f.start, "end_seconds": f.end, "stage": f.stage,
+            "error": f.error, "message": f.message, "source": f.source}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Train the audio-visual Perceiver on shards written by jobs/preprocess.py, on Ray Train.
+
+    ray job submit --working-dir . -- python jobs/train.py --config configs/audioset.yaml \\
+        --train /data/audioset/unbalanced --eval /data/audioset/eval --out /runs/as-av \\
+        --num-workers 16 --use-gpu
+
+Rerun the same command with the same --out to resume from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# The project root, so the packages import also from `ray job submit --working-dir .`'s copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ray  # noqa: E402
+
+from perceiver.config import ConfigError, load_config  # noqa: E402
+from perceiver.loader import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
+from perceiver.training import fit  # noqa: E402
+from pipeline import storage  # noqa: E402
+from pipeline.distributed import check_reachable  # noqa: E402
+from pipeline.lock import RunLock, RunLockedError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config (configs/tiny.yaml, configs/audioset.yaml)")
+    p.add_argument("--train", required=True, help="training dataset directory or URI (with dataset.json)")
+    p.add_argument("--eval", help="evaluation dataset directory or URI")
+    p.add_argument("--out", required=True, help="run directory or URI; rerun with the same --out to resume")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers (default: train.num_workers)")
+    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker, bf16 autocast")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (data loading)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, a running local cluster, or embedded)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.set)
+    if args.num_workers is not None:
+        overrides.append(f"train.num_workers={args.num_workers}")
+    if args.use_gpu:
+        overrides.append("train.use_gpu=true")
+    try:
+        cfg = load_config(args.config, overrides)
+        info = open_dataset(args.train)
+        check_compatible(info, cfg, "--train")
+        if args.eval:
+            eval_info = open_dataset(args.eval)
+            check_compatible(eval_info, cfg, "--eval")
+            if [c["mid"] for c in eval_info.classes] != [c["mid"] for c in info.classes]:
+                raise DatasetMismatchError(f"--eval {args.eval} has another class list than --train {args.train}")
+    except (ConfigError, DatasetMismatchError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = storage.locate(args.out)
+    ray.init(address=args.address, log_to_driver=True)
+    resources = {"CPU": args.cpus_per_worker} if args.cpus_per_worker else None
+    try:
+        check_reachable(out)
+        with RunLock(out, "train"):
+            print(f"train: {info.num_samples} clips in {len(info.shards)} shards, {cfg.train.num_workers} workers "
+                  f"({'GPU' if cfg.train.use_gpu else 'CPU'}), {cfg.train.steps} steps -> {out.uri}", flush=True)
+            result = fit(cfg, info.root, eval_info.root if args.eval else None, out, cfg.train.num_workers,
+                         cfg.train.use_gpu, resources)
+    except RunLockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    if result.error:
+        print(f"error: training failed: {result.error}", file=sys.stderr)
+        return 1
+    if args.eval and storage.exists(out.fs, out.join("eval.json")):
+        metrics = json.loads(storage.read_bytes(out.fs, out.join("eval.json")))
+        print("train: eval " + " ".join(f"{k} mAP={metrics[k]['mAP']:.3f}" for k in ("audio+video", "audio", "video")))
+    print(f"train: model at {out.uri}/model.pt", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

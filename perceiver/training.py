@@ -1,0 +1,320 @@
+"""Training on Ray Train: the per-worker loop, checkpoints, resume and the run directory.
+
+Run directory (``--out``, a path or URI):
+
+    metrics.jsonl        one JSON record per optimizer step (and per evaluation), each step once
+    tensorboard/         the same scalars for TensorBoard (local outputs)
+    ray/train/           Ray Train's run state and checkpoints (model, optimizer, scheduler,
+                         step, torch RNG state, data position), loaded with weights_only=True
+    model.pt, model.json final weights (a plain state dict) and the config and classes to load them
+    eval.json            final metrics: A+V, audio only, video only
+    plots/               loss and mAP curves, per-class AP
+
+Resume: rerunning with the same ``--out`` attaches to the same Ray Train run
+(``RunConfig(storage_path=<out>/ray, name="train")``); ``ray.train.get_checkpoint()`` then
+returns the latest checkpoint and the loop continues at its step, replaying the data stream
+to the same position, so the result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from perceiver import plots
+from perceiver.classifier import AVClassifier
+from perceiver.config import Config, to_dict
+from perceiver.evaluation import evaluate
+from perceiver.loader import DatasetInfo, TrainStream, open_dataset, train_batches
+from perceiver.optim import build_optimizer, build_schedule
+from perceiver.recipe import modality_specs
+from pipeline import features, shards, storage
+
+STATE_FILE = "state.pt"
+
+
+def config_from_dict(d: dict) -> Config:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
+
+
+def shard_position_features(info: DatasetInfo, cfg: Config) -> dict[str, torch.Tensor] | None:
+    """The shard's Fourier features when the dataset says to use them, checked against the model's."""
+    if cfg.data.fourier_source != "shard":
+        return None
+    tags, feats = shards.read_fourier(info.shards[0])
+    for spec in modality_specs(cfg.data, cfg.inputs.modalities):
+        expected = features.position_features(spec)
+        got = feats.get(spec.name)
+        if got is None or got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-5):
+            raise ValueError(f"{info.shards[0]}: the {spec.name} Fourier features in the shard differ from "
+                             f"perceiver.fourier_features for grid {spec.grid}: the shards were written by another "
+                             f"version or recipe; preprocess again")
+    return {name: torch.from_numpy(np.array(f)) for name, f in feats.items() if name in cfg.inputs.modalities}
+
+
+class MetricsLog:
+    """``metrics.jsonl`` with each step once: a resumed run first drops records past its checkpoint."""
+
+    def __init__(self, out: storage.Location, resume_step: int):
+        self.out, self.path = out, out.join("metrics.jsonl")
+        self.records: list[dict] = []
+        if storage.exists(out.fs, self.path):
+            lines = storage.read_bytes(out.fs, self.path).decode().splitlines()
+            self.records = [r for r in map(_parse, lines) if r is not None and r.get("step", 0) <= resume_step]
+        self._rewrite()
+        self._file = open(self.path, "a") if out.is_local else None  # noqa: SIM115 (kept open for appends)
+        self.tb = None
+        if out.is_local:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(out.join("tensorboard"), purge_step=resume_step + 1)
+
+    def _rewrite(self) -> None:
+        storage.write_bytes(self.out.fs, self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        if self._file:
+            self._file.write(json.dumps(record) + "\n")
+        if self.tb:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def flush(self) -> None:
+        if self._file:
+            self._file.flush()
+        else:
+            self._rewrite()
+        if self.tb:
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file:
+            self._file.close()
+        if self.tb:
+            self.tb.close()
+
+
+def _parse(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None  # a line torn by a kill mid-write
+
+
+@dataclass
+class Progress:
+    """A progress line at a steady interval: step, loss, samples/s, learning rate, ETA."""
+
+    total: int
+    every_s: float
+    start_step: int
+    started: float = 0.0
+    last: float = 0.0
+
+    def __post_init__(self):
+        self.started = self.last = time.monotonic()
+
+    def maybe_print(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and step != self.total:
+            return
+        self.last = now
+        rate = (step - self.start_step) / max(now - self.started, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+        print(f"step {step}/{self.total} loss {loss:.4f} samples/s {samples_per_s:.1f} lr {lr:.2e} "
+              f"eta {eta_text}", flush=True)
+
+
+def _seeded_generator(device: torch.device, *seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+    return g
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """The Ray Train worker loop. ``loop_config``: config (dict), train, eval and out (paths/URIs)."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = config_from_dict(loop_config["config"])
+    t = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    out = storage.locate(loop_config["out"])
+    info = open_dataset(loop_config["train"])
+    eval_info = open_dataset(loop_config["eval"]) if loop_config.get("eval") else None
+
+    torch.manual_seed(t.seed)
+    model = AVClassifier(cfg, len(info.classes), shard_position_features(info, cfg)).to(device)
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
+    optimizer = build_optimizer(model, t.lr, t.weight_decay)
+    schedule = build_schedule(optimizer, t.warmup_steps, t.steps)
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        step = int(state["step"])
+        if rank == 0:
+            print(f"resuming from the checkpoint at step {step} (epoch {state['epoch']}, "
+                  f"batch {state['batch_in_epoch']})", flush=True)
+
+    batches_per_step = t.grad_accum
+    steps_per_epoch = t.steps_per_epoch or max(1, info.num_samples // (t.batch_size * world * batches_per_step))
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    log = MetricsLog(out, step) if rank == 0 else None
+    progress = Progress(t.steps, t.log_every_s, step)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    batches, epoch_of_batches = None, -1
+    tick = time.monotonic()
+
+    while step < t.steps:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        if epoch != epoch_of_batches:  # a new epoch, or the resumed one replayed to its position
+            stream = TrainStream(info, cfg.data, t.batch_size, t.seed, epoch, rank, world,
+                                 steps_per_epoch * batches_per_step, in_epoch * batches_per_step, t.shuffle_buffer)
+            batches, epoch_of_batches = train_batches(stream, t.loader_workers), epoch
+        generator = _seeded_generator(device, t.seed, step, rank)
+        total_loss = 0.0
+        for micro in range(batches_per_step):
+            batch = next(batches).to(device)
+            sync = micro == batches_per_step - 1
+            with ddp_model.no_sync() if (not sync and world > 1) else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                    logits = ddp_model(batch, generator)
+                loss = loss_fn(logits.float(), batch.labels) / batches_per_step
+                loss.backward()
+            total_loss += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = schedule.get_last_lr()[0]
+        schedule.step()
+        step += 1
+        now = time.monotonic()
+        samples_per_s = t.batch_size * batches_per_step * world / max(now - tick, 1e-9)
+        tick = now
+        metrics = {"step": step, "epoch": epoch, "loss": total_loss, "lr": lr, "grad_norm": float(grad_norm),
+                   "samples_per_s": samples_per_s}
+        if log:
+            log.add(metrics)
+            progress.maybe_print(step, total_loss, lr, samples_per_s)
+        if t.eval_every and step % t.eval_every == 0 and step < t.steps and eval_info is not None:
+            _evaluate_into_log(model, eval_info, cfg, device, autocast, log, step, rank, ("audio+video",))
+        if step % t.checkpoint_every == 0 or step == t.steps:
+            _report(model, optimizer, schedule, step, steps_per_epoch, metrics, rank, log, Checkpoint)
+
+    if rank == 0:
+        _finish(model, info, eval_info, cfg, device, autocast, out, log)
+    _barrier(world)
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _report(model, optimizer, schedule, step: int, steps_per_epoch: int, metrics: dict, rank: int,
+            log: MetricsLog | None, Checkpoint) -> None:
+    import ray.train
+
+    if log:
+        log.flush()
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    epoch, in_epoch = divmod(step, steps_per_epoch)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "step": step, "epoch": epoch, "batch_in_epoch": in_epoch, "torch_rng": torch.get_rng_state()}
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(state, os.path.join(d, STATE_FILE))
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+
+def _eval_record(result: dict, step: int) -> dict:
+    """Flatten an evaluation into one metrics.jsonl record (A+V as ``eval_*``)."""
+    record = {"step": step}
+    for name in (n for n in ("audio+video", "audio", "video") if n in result):
+        prefix = "eval_" if name == "audio+video" else f"eval_{name}_"
+        record.update({f"{prefix}mAP": result[name]["mAP"], f"{prefix}auc": result[name]["mean_auc"],
+                       f"{prefix}d_prime": result[name]["d_prime"]})
+    return record
+
+
+def _evaluate_into_log(model, eval_info, cfg, device, autocast, log, step, rank, modality_sets) -> dict | None:
+    result = None
+    if rank == 0:
+        result = evaluate(model, eval_info, cfg.train.batch_size, cfg.train.eval_crops, device, modality_sets,
+                          autocast)
+        log.add(_eval_record(result, step))
+        print(f"eval step {step}: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in modality_sets), flush=True)
+    _barrier(torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
+    return result
+
+
+def _finish(model: AVClassifier, info: DatasetInfo, eval_info: DatasetInfo | None, cfg: Config,
+            device: torch.device, autocast, out: storage.Location, log: MetricsLog) -> None:
+    """Rank 0 after the last step: final weights, final evaluation, plots."""
+    cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with storage.atomic_output(out.fs, out.join("model.pt")) as f:
+        torch.save(cpu_state, f)
+    meta = {"config": to_dict(cfg), "model": to_dict(model.config), "classes": list(info.classes),
+            "recipe": info.recipe, "train": info.root}
+    storage.write_bytes(out.fs, out.join("model.json"), json.dumps(meta, indent=2).encode())
+    if eval_info is not None:
+        result = evaluate(model, eval_info, cfg.train.batch_size, cfg.train.eval_crops, device,
+                          autocast_dtype=autocast)
+        log.add(_eval_record(result, cfg.train.steps))
+        storage.write_bytes(out.fs, out.join("eval.json"), json.dumps(result, indent=2).encode())
+        print("final eval: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in ("audio+video", "audio", "video")),
+              flush=True)
+    log.close()
+    if out.is_local:
+        plot_dir = out.join("plots")
+        plots.plot_curves(log.records, f"{plot_dir}/loss.png", ys=("loss",), title="training loss")
+        plots.plot_curves(log.records, f"{plot_dir}/map.png", ys=("eval_mAP", "eval_audio_mAP", "eval_video_mAP"),
+                          title="eval mAP")
+        if eval_info is not None:
+            plots.plot_per_class_ap(result["audio+video"]["per_class_ap"], info.class_names,
+                                    f"{plot_dir}/per_class_ap.png", title="per-class AP (A+V)")
+
+
+def fit(cfg: Config, train: str, eval_: str | None, out: storage.Location, num_workers: int, use_gpu: bool,
+        resources_per_worker: dict | None = None):
+    """Run (or resume) training on the attached Ray cluster; returns Ray Train's Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(cfg), "train": train, "eval": eval_, "out": out.uri},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources_per_worker),
+        run_config=RunConfig(
+            name="train",
+            storage_path=out.child("ray").uri,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+    )
+    return trainer.fit()

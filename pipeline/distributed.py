@@ -1,0 +1,299 @@
+"""Preprocessing on Ray: clips fan out as tasks, shards are written as they complete.
+
+Why Ray tasks rather than Ray Data ``map_batches``: a decode can hang (decord loops forever on
+some files) and must be bounded per clip. A task can be cancelled with ``force=True``, which
+kills its worker process; a Ray Data block cannot be cut per clip, and Ray Data drops whole
+blocks on errors. Each clip is one task (``max_calls`` recycles workers, since decord leaks
+across readers); the driver holds only small status records and object references. When all
+clips of a shard are in, one writer task streams their members into the shard, so bytes go
+worker -> object store -> writer -> storage, never through the driver.
+
+Resume: the plan (which keys go to which shard) is a function of the inputs, and a shard is
+finished once its part record ``_parts/<shard>.json`` exists (written after the shard itself).
+A rerun skips finished shards and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from perceiver.config import to_dict
+from pipeline import features, shards, storage
+from pipeline.encode import EncodeOptions, encode_clip, failure_row, plan_shards
+from pipeline.sources import ClipRow, LabelClass
+
+log = logging.getLogger(__name__)
+PARTS = "_parts"
+CRASH_ENV = "PERCEIVER_AV_CRASH_AFTER_SHARDS"  # fault injection for crash tests: SIGKILL self after n shards
+
+
+class DatasetMismatchError(RuntimeError):
+    """``--out`` already holds a different dataset."""
+
+
+@dataclass
+class PreprocessJob:
+    """Everything one preprocessing run needs; ``jobs/preprocess.py`` builds it from arguments."""
+
+    out: storage.Location
+    rows: list[ClipRow]  # every parsed row, with media resolved where found
+    missing: dict[str, dict]  # key -> failure row, for rows whose media was not found
+    source_failures: list[dict]  # rows that never became ClipRows (malformed, duplicate, ...)
+    classes: list[LabelClass]
+    options: EncodeOptions
+    split: str = "train"
+    retry_failed: bool = False
+    inputs: dict = field(default_factory=dict)  # how the job was called, for dataset.json
+
+
+@dataclass
+class Summary:
+    written: int
+    failed: int
+    by_reason: dict[str, int]
+    shards: int
+    seconds: float
+
+    def line(self) -> str:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.by_reason.items())) or "none"
+        return (f"preprocess: {self.written} samples in {self.shards} shards, {self.failed} failed "
+                f"({reasons}) in {self.seconds:.0f} s")
+
+
+@ray.remote(num_returns=2, max_retries=3, max_calls=100)
+def _encode_task(row: ClipRow, options: EncodeOptions, tags: dict) -> tuple[dict, list]:
+    res = encode_clip(row, options, tags)
+    return {"key": res.key, "index_row": res.index_row, "failure": res.failure}, res.members
+
+
+@ray.remote(num_cpus=0, max_retries=3)
+def _write_task(out: storage.Location, name: str, fourier: list, *samples: list) -> int:
+    if not samples:  # every clip of the shard failed: its part record alone says so
+        return 0
+    return shards.write_shard(out.child("shards"), name, fourier, samples)
+
+
+def _plan_digest(plan: Sequence[tuple[str, list[ClipRow]]]) -> dict[str, str]:
+    return {name: hashlib.sha256("\n".join(r.key for r in rows).encode()).hexdigest()[:16] for name, rows in plan}
+
+
+def _check_same_dataset(job: PreprocessJob, plan_file: str, digest: dict[str, str], recipe: dict) -> None:
+    """Refuse to mix two datasets in one directory; a rerun of the same command passes."""
+    fs = job.out.fs
+    record = {"recipe": recipe, "classes": [c.mid for c in job.classes], "shards": digest}
+    if storage.exists(fs, plan_file):
+        held = json.loads(storage.read_bytes(fs, plan_file))
+        for part in ("recipe", "classes"):
+            if held.get(part) != record[part]:
+                raise DatasetMismatchError(
+                    f"{job.out.uri} already holds a dataset with a different {part}: "
+                    f"choose a new --out or delete that directory")
+        clash = [n for n, d in digest.items() if n in held["shards"] and held["shards"][n] != d]
+        if clash:
+            raise DatasetMismatchError(
+                f"{job.out.uri} already holds shard {clash[0]} made from other rows (the inputs changed): "
+                f"choose a new --out, or rerun with the original segment lists")
+        record["shards"] = {**held["shards"], **digest}
+    storage.write_bytes(fs, plan_file, json.dumps(record, sort_keys=True).encode())
+
+
+def _load_parts(out: storage.Location) -> dict[str, dict]:
+    parts = {}
+    for path in storage.list_files(out.fs, out.join(PARTS), ".json"):
+        parts[path.rsplit("/", 1)[1][: -len(".json")]] = json.loads(storage.read_bytes(out.fs, path))
+    return parts
+
+
+def _retry_plan(job: PreprocessJob, parts: dict[str, dict]) -> list[tuple[str, list[ClipRow]]]:
+    """Rows that failed in a clip stage (or whose media was missing) become new shards."""
+    by_key = {r.key: r for r in job.rows}
+    failed = {f["key"] for p in parts.values() for f in p["failures"]} - {
+        row["key"] for p in parts.values() for row in p["samples"]}
+    retried = [by_key[k] for k in sorted(failed) if k in by_key and k not in job.missing]
+    round_ = 1 + len({name.rsplit("-", 1)[0] for name in parts if "-retry" in name})
+    return plan_shards(retried, job.options.data.shard_size, f"{job.split}-retry{round_}")
+
+
+def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: dict) -> None:
+    """Run the pending shards of ``plan`` on the cluster, writing each shard and its part record."""
+    data = job.options.data
+    specs = features.modality_specs(data, job.options.modalities)
+    fourier_ref = ray.put(shards.fourier_members(tags, {s.name: features.position_features(s) for s in specs}))
+    in_flight_cap = data.max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    todo = collections.deque((name, row) for name, rows in plan for row in rows if row.key not in job.missing)
+    results: dict[str, dict[str, tuple]] = {name: {} for name, _ in plan}
+    expected = {name: [r.key for r in rows] for name, rows in plan}
+    for name, rows in plan:  # media never found: recorded without a task
+        for r in rows:
+            if r.key in job.missing:
+                results[name][r.key] = ({"key": r.key, "index_row": None, "failure": job.missing[r.key]}, None)
+    running: dict[ray.ObjectRef, tuple] = {}
+    writers: dict[ray.ObjectRef, str] = {}
+    crash_after = int(os.environ.get(CRASH_ENV, "0"))
+    written = 0
+    bar = tqdm(total=len(todo), unit="clip", desc="preprocess", mininterval=2.0, smoothing=0.1)
+
+    def finish_clip(name: str, key: str, status: dict, members_ref) -> None:
+        results[name][key] = (status, members_ref)
+        bar.update(1)
+        if len(results[name]) == len(expected[name]):
+            ordered = [results[name][k] for k in expected[name]]
+            refs = [m for s, m in ordered if s["index_row"] is not None]
+            writers[_write_task.remote(job.out, name, fourier_ref, *refs)] = name
+
+    def submit_shards_without_tasks() -> None:
+        for name in expected:
+            if expected[name] and len(results[name]) == len(expected[name]) and not any(
+                    s["index_row"] for s, _ in results[name].values()):
+                writers[_write_task.remote(job.out, name, fourier_ref)] = name
+
+    submit_shards_without_tasks()
+    while todo or running or writers:
+        while todo and len(running) < in_flight_cap:
+            name, row = todo.popleft()
+            status_ref, members_ref = _encode_task.remote(row, job.options, tags)
+            running[status_ref] = (name, row, members_ref, time.monotonic())
+        ready, _ = ray.wait([*running, *writers], num_returns=1, timeout=1.0, fetch_local=True)
+        for ref in ready:
+            if ref in writers:
+                name = writers.pop(ref)
+                size = ray.get(ref)
+                _write_part(job.out, name, results.pop(name), size)
+                written += 1
+                if crash_after and written >= crash_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                continue
+            name, row, members_ref, _ = running.pop(ref)
+            try:
+                status = ray.get(ref)
+            except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as err:
+                message = str(err).strip().splitlines()[-1][:300]
+                status = {"key": row.key, "index_row": None,
+                          "failure": failure_row(row, "worker", "worker_error", f"{row.path}: {message}")}
+            finish_clip(name, row.key, status, members_ref)
+        now = time.monotonic()
+        for ref, (name, row, _, started) in list(running.items()):
+            if now - started > data.decode_timeout_s:
+                ray.cancel(ref, force=True)
+                running.pop(ref)
+                finish_clip(name, row.key, {"key": row.key, "index_row": None, "failure": failure_row(
+                    row, "decode", "timeout", f"{row.path}: decode took over {data.decode_timeout_s:.0f} s")},
+                    None)
+    bar.close()
+
+
+def _write_part(out: storage.Location, name: str, results: dict[str, tuple], size: int) -> None:
+    statuses = [s for s, _ in results.values()]
+    part = {"shard": name, "bytes": size,
+            "samples": [dict(s["index_row"], shard=name) for s in statuses if s["index_row"]],
+            "failures": [s["failure"] for s in statuses if s["failure"]]}
+    storage.write_bytes(out.fs, out.join(PARTS, name[: -len(".tar")] + ".json"), json.dumps(part).encode())
+
+
+_INDEX_SCHEMA = pa.schema([
+    ("key", pa.string()), ("ytid", pa.string()), ("start_seconds", pa.float64()), ("end_seconds", pa.float64()),
+    ("shard", pa.string()), ("labels", pa.list_(pa.int32())), ("has_audio", pa.bool_()), ("has_video", pa.bool_()),
+    ("audio_samples", pa.int64()), ("video_frames", pa.int64()), ("bytes", pa.int64()), ("source", pa.string())])
+_FAILURE_SCHEMA = pa.schema([
+    ("key", pa.string()), ("ytid", pa.string()), ("start_seconds", pa.float64()), ("end_seconds", pa.float64()),
+    ("stage", pa.string()), ("error", pa.string()), ("message", pa.string()), ("source", pa.string())])
+
+
+def _write_table(out: storage.Location, name: str, rows: list[dict], schema: pa.Schema) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with storage.atomic_output(out.fs, out.join(name)) as f:
+        pq.write_table(table, f)
+
+
+def _finalize(job: PreprocessJob, recipe: dict, started: float) -> Summary:
+    parts = _load_parts(job.out)
+    samples = sorted((s for p in parts.values() for s in p["samples"]), key=lambda s: s["key"])
+    sampled = {s["key"] for s in samples}
+    # A row retried into a later shard leaves its earlier failure behind: the sample wins.
+    failures = [f for p in parts.values() for f in p["failures"] if f["key"] not in sampled]
+    failures = sorted({f["key"]: f for f in failures}.values(), key=lambda f: f["key"]) + job.source_failures
+    _write_table(job.out, "index.parquet", samples, _INDEX_SCHEMA)
+    _write_table(job.out, "failures.parquet", failures, _FAILURE_SCHEMA)
+    by_reason = dict(collections.Counter(f["error"].split(":")[0] for f in failures))
+    shard_names = sorted(p["shard"] for p in parts.values() if p["samples"])
+    for path in storage.list_files(job.out.fs, job.out.join("shards"), ".tar"):
+        if path.rsplit("/", 1)[1] not in shard_names:  # written by a run killed before its part record
+            job.out.fs.delete_file(path)
+    dataset = {
+        "schema_version": shards.SCHEMA_VERSION,
+        "split": job.split,
+        "recipe": recipe,
+        "classes": [{"index": c.index, "mid": c.mid, "name": c.name} for c in job.classes],
+        "counts": {"rows": len(samples) + len(failures), "samples": len(samples), "failures": len(failures),
+                   "by_reason": by_reason, "shards": len(shard_names),
+                   "bytes": int(sum(s["bytes"] for s in samples))},
+        "shards": [f"shards/{n}" for n in shard_names],
+        "config": to_dict(job.options.data),
+        "inputs": job.inputs,
+    }
+    storage.write_bytes(job.out.fs, job.out.join("dataset.json"), json.dumps(dataset, indent=2).encode())
+    return Summary(len(samples), len(failures), by_reason, len(shard_names), time.time() - started)
+
+
+def run_preprocess(job: PreprocessJob) -> Summary:
+    """Plan, skip finished shards, run the rest on Ray, and write index, failures and dataset.json."""
+    started = time.time()
+    data = job.options.data
+    recipe = features.recipe_record(data, job.options.modalities)
+    tags = recipe["modalities"]
+    storage.remove_stale_temporaries(job.out.fs, job.out.join("shards"))
+    plan = plan_shards(job.rows, data.shard_size, job.split)
+    _check_same_dataset(job, job.out.join("_plan.json"), _plan_digest(plan), recipe)
+    parts = _load_parts(job.out)
+    if job.retry_failed:
+        plan = _retry_plan(job, parts)
+        _check_same_dataset(job, job.out.join("_plan.json"), _plan_digest(plan), recipe)
+    pending = [(name, rows) for name, rows in plan if name[: -len(".tar")] not in parts]
+    done = len(plan) - len(pending)
+    print(f"preprocess: {len(plan)} shards planned, {done} already complete, {len(pending)} to do "
+          f"({sum(len(r) for _, r in pending)} clips) on {int(ray.cluster_resources().get('CPU', 0))} CPUs",
+          flush=True)
+    if pending:
+        _execute(job, pending, tags)
+    return _finalize(job, recipe, started)
+
+
+def read_index(root: str) -> pd.DataFrame:
+    loc = storage.locate(root)
+    with loc.fs.open_input_file(loc.join("index.parquet")) as f:
+        return pq.read_table(f).to_pandas()
+
+
+def check_reachable(out: storage.Location) -> None:
+    """Refuse a local path that some alive node cannot see (it would lose that node's shards)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if not out.is_local or len(nodes) <= 1:
+        return
+    out.fs.create_dir(out.path, recursive=True)
+    marker = out.join(f".reach-{os.getpid()}")
+    storage.write_bytes(out.fs, marker, b"ok")
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        probe = ray.remote(num_cpus=0)(os.path.exists)
+        seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(marker) for n in nodes])
+    finally:
+        out.fs.delete_file(marker)
+    if not all(seen):
+        raise SystemExit(f"error: --out {out.uri} is a local path that {seen.count(False)} of {len(nodes)} nodes "
+                         f"cannot see: use a shared mount or an object store URI (s3://, gs://)")

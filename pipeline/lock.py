@@ -1,0 +1,90 @@
+"""One live run per output directory.
+
+A run writes ``<out>/_run.lock`` (JSON: run id, host, pid, start time, heartbeat) and refreshes
+the heartbeat while it lives. A second run on the same directory is refused with one line that
+names the holder. A lock whose holder is gone does not block forever: on the same host a dead
+pid frees it at once; from another host a heartbeat older than ``stale_after_s`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+
+from pipeline import storage
+
+LOCK_NAME = "_run.lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another live run holds the output directory."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    def __init__(self, out: storage.Location, job: str, heartbeat_s: float = 10.0, stale_after_s: float = 60.0):
+        self.out, self.job = out, job
+        self.path = out.join(LOCK_NAME)
+        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
+        self.record = {"run_id": uuid.uuid4().hex[:12], "job": job, "host": socket.gethostname(),
+                       "pid": os.getpid(), "started": time.time()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _holder(self) -> dict | None:
+        if not storage.exists(self.out.fs, self.path):
+            return None
+        try:
+            return json.loads(storage.read_bytes(self.out.fs, self.path))
+        except (ValueError, OSError):
+            return None  # a torn lock file is no evidence of a live run
+
+    def _is_live(self, holder: dict) -> bool:
+        if holder.get("host") == socket.gethostname():
+            return _pid_alive(int(holder.get("pid", -1)))
+        return time.time() - float(holder.get("heartbeat", 0)) < self.stale_after_s
+
+    def _write(self) -> None:
+        storage.write_bytes(self.out.fs, self.path, json.dumps(dict(self.record, heartbeat=time.time())).encode())
+
+    def acquire(self) -> RunLock:
+        holder = self._holder()
+        if holder and holder.get("run_id") != self.record["run_id"] and self._is_live(holder):
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+            raise RunLockedError(
+                f"{self.out.uri} is in use by a live {holder.get('job', 'run')} (run {holder.get('run_id')}, "
+                f"pid {holder.get('pid')} on {holder.get('host')}, started {started}): wait for it, "
+                f"stop it, or choose another output directory")
+        self._write()
+        self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self._write()
+
+    def release(self) -> None:
+        self._stop.set()
+        holder = self._holder()
+        if holder and holder.get("run_id") == self.record["run_id"]:
+            self.out.fs.delete_file(self.path)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
