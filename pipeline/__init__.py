@@ -1,0 +1,1 @@
+"""Preprocessing pipeline: dataset lists to decoded clips to WebDataset shards."""
