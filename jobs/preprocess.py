@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from perceiver.config import ConfigError, load_config  # noqa: E402
-from pipeline import sources, storage  # noqa: E402
+from pipeline import faults, sources, storage  # noqa: E402
 from pipeline.distributed import DatasetMismatchError, PreprocessJob, check_reachable, run_preprocess  # noqa: E402
 from pipeline.encode import EncodeOptions  # noqa: E402
 from pipeline.lock import RunLock, RunLockedError  # noqa: E402
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 "media_dir": args.media_dir, "media_pattern": args.media_pattern, "full_videos": args.full_videos,
                 "config": args.config, "overrides": args.set},
     )
-    ray.init(address=args.address, log_to_driver=True)
+    ray.init(address=args.address, log_to_driver=True, runtime_env={"env_vars": faults.forwarded_env()})
     try:
         check_reachable(out)
         with RunLock(out, "preprocess"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -72,9 +71,9 @@ class PerceiverConfig:
     cross_widening: int = 1
     self_widening: int = 1
     share_weights: bool = False
-    qk_channels: Optional[int] = None  # None: min(input_channels, latent_dim) (paper App. C)
-    input_channels: Optional[int] = None
-    num_classes: Optional[int] = None
+    qk_channels: int | None = None  # None: min(input_channels, latent_dim) (paper App. C)
+    input_channels: int | None = None
+    num_classes: int | None = None
 
 
 @dataclass
@@ -177,6 +176,11 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def config_from_dict(d: dict) -> Config:
+    """A Config from a plain dict (as ``to_dict`` wrote it), checked against the schema."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
 
 
 def to_dict(cfg) -> dict:

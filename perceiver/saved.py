@@ -8,9 +8,19 @@ import json
 import torch
 
 from perceiver.classifier import AVClassifier
-from perceiver.config import Config
-from perceiver.training import config_from_dict
+from perceiver.config import Config, config_from_dict, to_dict
 from pipeline import storage
+
+
+def save_model(out: storage.Location, model: AVClassifier, cfg: Config, classes: list[dict], recipe: dict,
+               train_root: str | None = None) -> None:
+    """Write ``out/model.pt`` (a plain CPU state dict) and ``out/model.json`` (config, classes, recipe)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with storage.atomic_output(out.fs, out.join("model.pt")) as f:
+        torch.save(state, f)
+    meta = {"config": to_dict(cfg), "model": to_dict(model.config), "classes": list(classes), "recipe": recipe,
+            "train": train_root}
+    storage.write_bytes(out.fs, out.join("model.json"), json.dumps(meta, indent=2).encode())
 
 
 def load_model(path: str) -> tuple[AVClassifier, Config, list[dict]]:

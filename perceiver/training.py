@@ -28,22 +28,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from perceiver import plots
 from perceiver.classifier import AVClassifier
-from perceiver.config import Config, to_dict
+from perceiver.config import Config, config_from_dict, to_dict
 from perceiver.evaluation import evaluate
 from perceiver.loader import DatasetInfo, TrainStream, open_dataset, train_batches
 from perceiver.optim import build_optimizer, build_schedule
 from perceiver.recipe import modality_specs
+from perceiver.saved import save_model
 from pipeline import features, shards, storage
 
 STATE_FILE = "state.pt"
-
-
-def config_from_dict(d: dict) -> Config:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
 
 
 def shard_position_features(info: DatasetInfo, cfg: Config) -> dict[str, torch.Tensor] | None:
@@ -275,12 +271,7 @@ def _evaluate_into_log(model, eval_info, cfg, device, autocast, log, step, rank,
 def _finish(model: AVClassifier, info: DatasetInfo, eval_info: DatasetInfo | None, cfg: Config,
             device: torch.device, autocast, out: storage.Location, log: MetricsLog) -> None:
     """Rank 0 after the last step: final weights, final evaluation, plots."""
-    cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with storage.atomic_output(out.fs, out.join("model.pt")) as f:
-        torch.save(cpu_state, f)
-    meta = {"config": to_dict(cfg), "model": to_dict(model.config), "classes": list(info.classes),
-            "recipe": info.recipe, "train": info.root}
-    storage.write_bytes(out.fs, out.join("model.json"), json.dumps(meta, indent=2).encode())
+    save_model(out, model, cfg, list(info.classes), info.recipe, info.root)
     if eval_info is not None:
         result = evaluate(model, eval_info, cfg.train.batch_size, cfg.train.eval_crops, device,
                           autocast_dtype=autocast)

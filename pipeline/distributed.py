@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,13 +31,12 @@ import ray
 from tqdm import tqdm
 
 from perceiver.config import to_dict
-from pipeline import features, shards, storage
+from pipeline import faults, features, shards, storage
 from pipeline.encode import EncodeOptions, encode_clip, failure_row, plan_shards
 from pipeline.sources import ClipRow, LabelClass
 
 log = logging.getLogger(__name__)
 PARTS = "_parts"
-CRASH_ENV = "PERCEIVER_AV_CRASH_AFTER_SHARDS"  # fault injection for crash tests: SIGKILL self after n shards
 
 
 class DatasetMismatchError(RuntimeError):
@@ -76,6 +74,7 @@ class Summary:
 
 @ray.remote(num_returns=2, max_retries=3, max_calls=100)
 def _encode_task(row: ClipRow, options: EncodeOptions, tags: dict) -> tuple[dict, list]:
+    faults.clip_task_started(row.key)
     res = encode_clip(row, options, tags)
     return {"key": res.key, "index_row": res.index_row, "failure": res.failure}, res.members
 
@@ -143,7 +142,6 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
                 results[name][r.key] = ({"key": r.key, "index_row": None, "failure": job.missing[r.key]}, None)
     running: dict[ray.ObjectRef, tuple] = {}
     writers: dict[ray.ObjectRef, str] = {}
-    crash_after = int(os.environ.get(CRASH_ENV, "0"))
     written = 0
     bar = tqdm(total=len(todo), unit="clip", desc="preprocess", mininterval=2.0, smoothing=0.1)
 
@@ -174,8 +172,7 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
                 size = ray.get(ref)
                 _write_part(job.out, name, results.pop(name), size)
                 written += 1
-                if crash_after and written >= crash_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                faults.driver_shard_written(written)
                 continue
             name, row, members_ref, _ = running.pop(ref)
             try:

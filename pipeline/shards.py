@@ -34,8 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torchvision.io
+from PIL import Image
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from pipeline import storage
@@ -73,8 +72,12 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def encode_jpeg_frames(video: np.ndarray, quality: int) -> list[bytes]:
     """One JPEG per frame of uint8 (frames, H, W, 3)."""
-    chw = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2)
-    return [t.numpy().tobytes() for t in torchvision.io.encode_jpeg(list(chw), quality=quality)]
+    out = []
+    for frame in video:
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+        out.append(buf.getvalue())
+    return out
 
 
 def sample_members(sample: Sample, video_encoding: str, jpeg_quality: int) -> list[tuple[str, bytes]]:
@@ -158,13 +161,10 @@ def load_npy(data: bytes, name: str = "member") -> np.ndarray:
     return array.reshape(shape, order="F" if fortran else "C")
 
 
-def decode_jpeg_frames(frames: Sequence[bytes], device: str = "cpu") -> np.ndarray | torch.Tensor:
-    """uint8 (frames, H, W, 3) from JPEG bytes; on CUDA devices the decode runs on the GPU
-    and a tensor on that device is returned."""
-    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in frames]
-    decoded = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB, device=device)
-    video = torch.stack(decoded).permute(0, 2, 3, 1)
-    return video if device != "cpu" else video.numpy()
+def decode_jpeg_frames(frames: Sequence[bytes]) -> np.ndarray:
+    """uint8 (frames, H, W, 3) from JPEG bytes (Pillow, libjpeg-turbo; Pillow's
+    decompression-bomb limit applies to hostile headers)."""
+    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in frames])
 
 
 def _members(path: str, stats: ReadStats, max_member_bytes: int) -> Iterator[dict]:

@@ -1,0 +1,162 @@
+"""The Perceiver's attention layers (paper Sec. 2 and App. C).
+
+Shapes: B batch, N latents, D latent width, M input tokens, C input channels,
+H heads, E query/key width per head, V value width per head.
+
+Every attention goes through ``torch.nn.functional.scaled_dot_product_attention``, which
+never holds the N x M weights in memory. Only when the caller asks for the weights (to look
+at the maps) are they computed explicitly with a softmax.
+
+With one head whose keys are as wide as the inputs (the paper's cross-attention: width
+min(C, D) = C when C <= D), the key and value projections are folded onto the N queries
+instead of being applied to the M inputs (``Attention.fold_kv``): the same parameters and
+the same function, but no M-long keys and values are computed or kept for the backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# (q (B,H,N,E), k (B,H,M,E), v (B,H,M,V), mask (B,1,1,M) bool or None) -> (B,H,N,V)
+AttentionKernel = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
+
+
+def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(E)) v without materialising the weights; mask True = attend."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
+    """The explicit weights softmax(q k^T / sqrt(E)), (B,H,N,M); masked entries are 0."""
+    logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of ``N`` queries over ``M`` keys/values, projected to ``out_dim``.
+
+    The key projection has no bias: it would add the same q . b_k to every logit of a query,
+    which the softmax cancels, so it could never learn anything.
+
+    ``kernel`` (the function from projected q, k, v to attended values) and ``fold_kv`` are
+    ordinary attributes so a benchmark or test can swap the implementation of one model
+    without touching the layer code; neither changes the parameters or the function.
+    """
+
+    def __init__(self, q_dim: int, kv_dim: int, qk_channels: int, v_channels: int, heads: int, out_dim: int):
+        super().__init__()
+        if qk_channels % heads or v_channels % heads:
+            raise ValueError(
+                f"{heads} heads must divide qk_channels={qk_channels} and v_channels={v_channels}"
+            )
+        self.heads = heads
+        self.to_q = nn.Linear(q_dim, qk_channels)
+        self.to_k = nn.Linear(kv_dim, qk_channels, bias=False)
+        self.to_v = nn.Linear(kv_dim, v_channels)
+        self.to_out = nn.Linear(v_channels, out_dim)
+        self.kernel: AttentionKernel = fused_attention
+        # Folding needs one head (so the folded query is one vector per query) and keys as wide
+        # as x_kv (so attending over x_kv itself costs no more than over the keys).
+        self.fold_kv: bool = heads == 1 and qk_channels == kv_dim
+
+    def forward(
+        self, x_q: Tensor, x_kv: Tensor, mask: Tensor | None = None, return_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend.
+
+        Args:
+            x_q: (B, N, q_dim) queries' source.
+            x_kv: (B, M, kv_dim) keys' and values' source.
+            mask: (B, M) bool, True = a real token; None = all real.
+            return_weights: also return the weights, computed explicitly.
+
+        Returns:
+            (B, N, out_dim), and the weights (B, H, N, M) or None.
+        """
+        if self.fold_kv:
+            # q . (W_k x) = (W_k^T q) . x: attend with folded queries straight over the inputs.
+            q = (self.to_q(x_q) @ self.to_k.weight)[:, None]  # (B,1,N,kv_dim)
+            k = v = x_kv[:, None]  # (B,1,M,kv_dim), a view
+        else:
+            q, k, v = self._split(self.to_q(x_q)), self._split(self.to_k(x_kv)), self._split(self.to_v(x_kv))
+        has_tokens = None
+        if mask is not None:
+            has_tokens = mask.any(dim=-1)[:, None, None, None]  # (B,1,1,1)
+            # A sample with no real token has nothing to attend to, and a softmax over an
+            # empty set is NaN. Let it attend over its padding to keep the arithmetic finite,
+            # then zero its result below, so it reads as having attended to nothing.
+            mask = mask[:, None, None, :] | ~has_tokens  # (B,1,1,M), broadcast over heads and queries
+        weights = None
+        if return_weights:
+            weights = attention_weights(q, k, mask)
+            out = weights @ v
+        else:
+            out = self.kernel(q, k, v, mask)
+        if self.fold_kv:
+            # The weights sum to 1, so sum_m a_m (W_v x_m + b_v) = W_v (sum_m a_m x_m) + b_v.
+            out = self.to_v(out)
+        if has_tokens is not None:
+            out = out * has_tokens
+            weights = None if weights is None else weights * has_tokens
+        b, h, n, dv = out.shape
+        return self.to_out(out.transpose(1, 2).reshape(b, n, h * dv)), weights
+
+    def _split(self, x: Tensor) -> Tensor:
+        """(B, L, H*E) -> (B, H, L, E)."""
+        b, length, width = x.shape
+        return x.view(b, length, self.heads, width // self.heads).transpose(1, 2)
+
+
+class MLP(nn.Sequential):
+    """LayerNorm, Linear to ``widening * dim``, GELU, Linear back to ``dim`` (the residual is the caller's)."""
+
+    def __init__(self, dim: int, widening: int):
+        super().__init__(
+            nn.LayerNorm(dim), nn.Linear(dim, widening * dim), nn.GELU(), nn.Linear(widening * dim, dim)
+        )
+
+
+class CrossAttention(nn.Module):
+    """Latents (queries) attend to the input array (keys, values), then an MLP; both residual.
+
+    Separate LayerNorms on latents and inputs (App. C). The MLP works at the latent width
+    ``D``: it acts on the latents, and ``D`` is what reproduces the paper's parameter counts.
+    """
+
+    def __init__(self, latent_dim: int, input_channels: int, qk_channels: int, heads: int, widening: int):
+        super().__init__()
+        self.norm_latents = nn.LayerNorm(latent_dim)
+        self.norm_inputs = nn.LayerNorm(input_channels)
+        self.attention = Attention(latent_dim, input_channels, qk_channels, qk_channels, heads, latent_dim)
+        self.mlp = MLP(latent_dim, widening)
+
+    def forward(
+        self, latents: Tensor, inputs: Tensor, mask: Tensor | None = None, return_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """latents (B, N, D), inputs (B, M, C), mask (B, M) -> latents (B, N, D), weights (B, H, N, M) or None."""
+        attended, weights = self.attention(
+            self.norm_latents(latents), self.norm_inputs(inputs), mask, return_weights
+        )
+        latents = latents + attended
+        return latents + self.mlp(latents), weights
+
+
+class SelfAttention(nn.Module):
+    """GPT-2 style pre-norm self-attention over the latents, then an MLP; both residual."""
+
+    def __init__(self, latent_dim: int, heads: int, widening: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(latent_dim)
+        self.attention = Attention(latent_dim, latent_dim, latent_dim, latent_dim, heads, latent_dim)
+        self.mlp = MLP(latent_dim, widening)
+
+    def forward(self, latents: Tensor) -> Tensor:
+        """(B, N, D) -> (B, N, D)."""
+        normed = self.norm(latents)
+        latents = latents + self.attention(normed, normed)[0]
+        return latents + self.mlp(latents)

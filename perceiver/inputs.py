@@ -1,0 +1,184 @@
+"""One input array from several modalities (Perceiver paper Sec. 4.2).
+
+Each modality is cut into patches (tokens) on an index grid. Every token becomes
+``[content | Fourier features of its grid position | learned modality vector]``: the
+modality vector is one learned vector per modality, broadcast to all of its tokens, whose
+length pads that modality to the common width ``max_m(C_m + F_m) + min_modality_channels``.
+The modalities are then concatenated along the token axis in the order of ``specs``.
+With the paper's audio + video sizes that is 480 + 12,544 = 13,024 tokens of
+384 + 3 x 33 + 4 = 487 channels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from perceiver.fourier import fourier_features
+
+VIDEO = "video"  # the modality that video dropout applies to
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """How one modality is laid out as tokens."""
+
+    name: str  # "audio", "video", ...
+    content_channels: int  # C_m, values per patch
+    grid: tuple[int, ...]  # index grid of patches: video (T', H', W'), audio (T',)
+    num_bands: int  # Fourier bands per axis
+    max_resolution: tuple[int, ...] | None = None  # None: the grid itself
+
+    @property
+    def num_tokens(self) -> int:
+        """M_m = prod(grid)."""
+        return math.prod(self.grid)
+
+    @property
+    def fourier_channels(self) -> int:
+        """F_m = len(grid) * (2 * num_bands + 1)."""
+        return len(self.grid) * (2 * self.num_bands + 1)
+
+    def position_features(self) -> Tensor:
+        """(M_m, F_m) float32 Fourier features of the grid, rows in row-major grid order."""
+        return fourier_features(self.grid, self.num_bands, self.max_resolution)
+
+
+def patchify_video(video: Tensor, patch: tuple[int, int, int]) -> Tensor:
+    """Cut video into space-time patches.
+
+    Args:
+        video: (B, T, H, W, C).
+        patch: (pt, ph, pw), each dividing the matching video size.
+
+    Returns:
+        (B, T/pt * H/ph * W/pw, pt*ph*pw*C): tokens in row-major (t, h, w) patch order, as
+        ``fourier_features`` flattens the grid; values within a token in (pt, ph, pw, C) order.
+    """
+    b, t, h, w, c = video.shape
+    pt, ph, pw = patch
+    if t % pt or h % ph or w % pw:
+        raise ValueError(f"patch {tuple(patch)} does not divide video of size {(t, h, w)}")
+    x = video.reshape(b, t // pt, pt, h // ph, ph, w // pw, pw, c)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7)  # (B, T', H', W', pt, ph, pw, C)
+    return x.reshape(b, (t // pt) * (h // ph) * (w // pw), pt * ph * pw * c)
+
+
+def patchify_audio(wave: Tensor, patch: int) -> Tensor:
+    """(B, S) waveform -> (B, S/patch, patch) runs of consecutive samples."""
+    b, s = wave.shape
+    if s % patch:
+        raise ValueError(f"patch {patch} does not divide {s} samples")
+    return wave.reshape(b, s // patch, patch)
+
+
+def patchify_spectrogram(spec: Tensor, patch: int) -> Tensor:
+    """(B, F, n_mels) spectrogram -> (B, F/patch, patch*n_mels): ``patch`` frames per token, frame-major."""
+    b, frames, n_mels = spec.shape
+    if frames % patch:
+        raise ValueError(f"patch {patch} does not divide {frames} frames")
+    return spec.reshape(b, frames // patch, patch * n_mels)
+
+
+class MultimodalInput(nn.Module):
+    """Builds the single (B, M, out_channels) input array from per-modality patch tokens."""
+
+    def __init__(
+        self,
+        specs: Sequence[ModalitySpec],
+        min_modality_channels: int = 4,
+        video_dropout: float = 0.0,
+        position_features: Mapping[str, Tensor] | None = None,
+    ):
+        """Set up one learned vector and one position-feature buffer per modality.
+
+        Args:
+            specs: the modalities, in the order their tokens are concatenated.
+            min_modality_channels: learned channels of the widest modality.
+            video_dropout: training-time probability of zeroing one example's whole video.
+            position_features: optional precomputed (M_m, F_m) features per modality name
+                (e.g. read from a shard); each must equal the spec's Fourier features.
+        """
+        super().__init__()
+        names = [s.name for s in specs]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"need at least one modality and unique names, got {names}")
+        if not 0.0 <= video_dropout <= 1.0:
+            raise ValueError(f"video_dropout must lie in [0, 1], got {video_dropout}")
+        given = dict(position_features or {})
+        if unknown := set(given) - set(names):
+            raise ValueError(f"position_features for unknown modalities {sorted(unknown)}")
+        self.specs = tuple(specs)
+        self.video_dropout = video_dropout
+        self.out_channels = (
+            max(s.content_channels + s.fourier_channels for s in specs) + min_modality_channels
+        )
+        self.num_tokens = sum(s.num_tokens for s in specs)
+        self.modality_vectors = nn.ParameterDict()
+        for spec in specs:
+            features = spec.position_features()
+            if spec.name in given and not _matches(given[spec.name], features):
+                raise ValueError(
+                    f"position_features[{spec.name!r}] do not match fourier_features of its spec "
+                    f"(grid {spec.grid}, {spec.num_bands} bands, max_resolution {spec.max_resolution}): "
+                    "the data were prepared with another recipe"
+                )
+            # Non-persistent: recomputable from the spec, so kept out of checkpoints but moved by .to().
+            self.register_buffer(f"position_{spec.name}", features, persistent=False)
+            vector = torch.empty(self.out_channels - spec.content_channels - spec.fourier_channels)
+            self.modality_vectors[spec.name] = nn.Parameter(
+                nn.init.trunc_normal_(vector, std=0.02, a=-0.04, b=0.04)
+            )
+
+    def forward(
+        self,
+        content: Mapping[str, Tensor],
+        present: Mapping[str, Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Assemble the input array.
+
+        Args:
+            content: per modality name, (B, M_m, C_m) float patch tokens.
+            present: per modality name, (B,) bool, False where a clip lacks that modality; its
+                content is zeroed in training and evaluation alike. Missing = all present.
+            generator: random source for video dropout, on the content's device.
+
+        Returns:
+            inputs (B, M, out_channels) and mask (B, M) bool, all True (masks are for padding).
+        """
+        present = present or {}
+        parts = []
+        for spec in self.specs:
+            x = content[spec.name]
+            b = x.shape[0]
+            if x.shape[1:] != (spec.num_tokens, spec.content_channels):
+                raise ValueError(
+                    f"{spec.name} content has shape {tuple(x.shape)}, expected (B, {spec.num_tokens}, {spec.content_channels})"
+                )
+            vector = self.modality_vectors[spec.name]
+            keep = torch.ones(b, dtype=torch.bool, device=x.device)
+            if spec.name in present:
+                keep = keep & present[spec.name].to(device=x.device, dtype=torch.bool)
+            if spec.name == VIDEO and self.training and self.video_dropout > 0:
+                keep = keep & (torch.rand(b, generator=generator, device=x.device) >= self.video_dropout)
+            # where, not multiply: content of a missing modality may be garbage, even NaN.
+            x = torch.where(keep[:, None, None], x.to(vector.dtype), 0.0)
+            position = getattr(self, f"position_{spec.name}").to(vector.dtype)
+            parts.append(
+                torch.cat(
+                    [x, position.expand(b, -1, -1), vector.expand(b, spec.num_tokens, -1)],
+                    dim=-1,
+                )
+            )
+        inputs = torch.cat(parts, dim=1)
+        return inputs, torch.ones(inputs.shape[:2], dtype=torch.bool, device=inputs.device)
+
+
+def _matches(given: Tensor, expected: Tensor) -> bool:
+    given = torch.as_tensor(given, dtype=torch.float32).cpu()
+    return given.shape == expected.shape and torch.allclose(given, expected, rtol=0.0, atol=1e-5)
