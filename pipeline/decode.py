@@ -7,7 +7,7 @@ clip must never turn silently audio-only because of that.
 
 from __future__ import annotations
 
-import math
+import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,12 +52,14 @@ class StreamInfo:
     audio_channels: int | None
     rotation: int  # counter-clockwise degrees (0, 90, 180, 270) to turn the coded frames for display
     audio_duration: float | None  # seconds of real sound, without the codec's padding
+    audio_layout: str | None = None
+    audio_start: float = 0.0  # seconds from the file's start to its first decoded sound
 
 
 def _one_line(message: str) -> str:
     """First line of a library message, without decord's "[time] file.cc:line: " prefix."""
     line = next((ln.strip() for ln in message.splitlines() if ln.strip()), "no message")
-    return re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*", "", line)[:200]
+    return re.sub(r"^(?:\[[\d:]+\]\s+\S+:\d+:\s*)+", "", line)[:200]
 
 
 def _seconds(stream: av.stream.Stream) -> float | None:
@@ -73,6 +75,27 @@ def _rotation(container: av.container.InputContainer, stream: av.video.stream.Vi
     except (av.error.FFmpegError, StopIteration):
         return 0
     return round(frame.rotation / 90) % 4 * 90
+
+
+def _audio_start(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> float:
+    """Where the first decoded sound lies on the file's clock (a late-starting track is > 0)."""
+    origin = (container.start_time or 0) / av.time_base
+    try:
+        frame = next(container.decode(stream))
+    except (av.error.FFmpegError, StopIteration):
+        return 0.0
+    return max(0.0, float(frame.pts * frame.time_base) - origin) if frame.pts is not None else 0.0
+
+
+@functools.lru_cache(maxsize=16)
+def _downmix_gain(layout: str) -> float:
+    """The gain of the mono downmix libswresample applies to ``layout`` (sqrt 2 for stereo)."""
+    channels = len(av.AudioLayout(layout).channels)
+    ones = av.AudioFrame.from_ndarray(np.ones((channels, 1024), np.float32), format="fltp", layout=layout)
+    ones.sample_rate = 48000
+    mono = av.AudioResampler(format="flt", layout="mono", rate=48000).resample(ones)
+    values = np.concatenate([f.to_ndarray().ravel() for f in mono])
+    return float(np.median(values)) or 1.0
 
 
 def probe(path: str | Path) -> StreamInfo:
@@ -99,6 +122,8 @@ def probe(path: str | Path) -> StreamInfo:
                 audio_channels=audio.codec_context.channels if audio else None,
                 rotation=_rotation(container, video) if video else 0,
                 audio_duration=_seconds(audio) if audio else None,
+                audio_layout=audio.layout.name if audio else None,
+                audio_start=_audio_start(container, audio) if audio else 0.0,
             )
     except av.error.FFmpegError as err:
         raise DecodeError(path, "unreadable", f"PyAV cannot open it: {_one_line(str(err))}") from None
@@ -178,13 +203,16 @@ def _decode_audio(path: str | Path, info: StreamInfo, start: float, num_samples:
     real = len(decoded)
     if info.audio_duration is not None:
         real = min(real, round(info.audio_duration * sample_rate))
+    # decord puts the first sound at sample 0; on the picture's clock it starts at audio_start.
+    lead = round(info.audio_start * sample_rate)
     first = round(start * sample_rate)
-    count = max(0, min(num_samples, real - first))
-    out[:count] = decoded[first:first + count]
-    if info.audio_channels == 2:
-        out *= math.sqrt(0.5)  # decord's downmix is L/sqrt2 + R/sqrt2; this makes it the mean
-    np.clip(out, -1.0, 1.0, out=out)  # other layouts' downmixes can exceed full scale
-    return out, count
+    at, src = max(0, lead - first), max(0, first - lead)
+    count = max(0, min(num_samples - at, real - src))
+    out[at:at + count] = decoded[src:src + count]
+    if info.audio_layout and info.audio_layout != "mono":
+        out /= _downmix_gain(info.audio_layout)  # makes decord's downmix the channels' (weighted) mean
+    np.clip(out, -1.0, 1.0, out=out)
+    return out, at + count if count else 0
 
 
 def decode_clip(path: str | Path, *, start: float | None, seconds: float, fps: float, size: int,
