@@ -43,10 +43,10 @@ class Cluster:
                                  f"--- stderr\n{result.stderr[-4000:]}")
         return result
 
-    def job(self, *entrypoint: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    def job(self, *entrypoint: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
         """``ray job submit --working-dir .`` as a user would, waiting for the job to end."""
         return self.run(str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", ".",
-                        "--", *entrypoint, timeout=timeout)
+                        "--", *entrypoint, timeout=timeout, check=check)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -22,7 +22,7 @@ import ray  # noqa: E402
 from perceiver.config import ConfigError, load_config  # noqa: E402
 from perceiver.loader import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
 from perceiver.training import fit  # noqa: E402
-from pipeline import storage  # noqa: E402
+from pipeline import faults, storage  # noqa: E402
 from pipeline.distributed import check_reachable  # noqa: E402
 from pipeline.lock import RunLock, RunLockedError  # noqa: E402
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = storage.locate(args.out)
-    ray.init(address=args.address, log_to_driver=True)
+    ray.init(address=args.address, log_to_driver=True, runtime_env={"env_vars": faults.forwarded_env()})
     resources = {"CPU": args.cpus_per_worker} if args.cpus_per_worker else None
     try:
         check_reachable(out)

@@ -3,6 +3,7 @@
 Run directory (``--out``, a path or URI):
 
     metrics.jsonl        one JSON record per optimizer step (and per evaluation), each step once
+    events.jsonl         one record per start of the worker group: "started", or "resumed" at a step
     tensorboard/         the same scalars for TensorBoard (local outputs)
     ray/train/           Ray Train's run state and checkpoints (model, optimizer, scheduler,
                          step, torch RNG state, data position), loaded with weights_only=True
@@ -37,7 +38,7 @@ from perceiver.loader import DatasetInfo, TrainStream, open_dataset, train_batch
 from perceiver.optim import build_optimizer, build_schedule
 from perceiver.recipe import modality_specs
 from perceiver.saved import save_model
-from pipeline import features, shards, storage
+from pipeline import faults, features, shards, storage
 
 STATE_FILE = "state.pt"
 
@@ -55,6 +56,14 @@ def shard_position_features(info: DatasetInfo, cfg: Config) -> dict[str, torch.T
                              f"perceiver.fourier_features for grid {spec.grid}: the shards were written by another "
                              f"version or recipe; preprocess again")
     return {name: torch.from_numpy(np.array(f)) for name, f in feats.items() if name in cfg.inputs.modalities}
+
+
+def _record_event(out: storage.Location, event: str, step: int, world: int) -> None:
+    """Append to ``events.jsonl``: each (re)start of the worker group, so restarts leave a trace."""
+    path = out.join("events.jsonl")
+    old = storage.read_bytes(out.fs, path) if storage.exists(out.fs, path) else b""
+    line = json.dumps({"event": event, "step": step, "workers": world, "time": time.time()}) + "\n"
+    storage.write_bytes(out.fs, path, old + line.encode())
 
 
 class MetricsLog:
@@ -170,9 +179,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["torch_rng"].cpu())
         step = int(state["step"])
-        if rank == 0:
-            print(f"resuming from the checkpoint at step {step} (epoch {state['epoch']}, "
-                  f"batch {state['batch_in_epoch']})", flush=True)
+    if rank == 0:
+        _record_event(out, "resumed" if step else "started", step, world)
+        if step:
+            print(f"resuming from the checkpoint at step {step}", flush=True)
 
     batches_per_step = t.grad_accum
     steps_per_epoch = t.steps_per_epoch or max(1, info.num_samples // (t.batch_size * world * batches_per_step))
@@ -215,6 +225,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if log:
             log.add(metrics)
             progress.maybe_print(step, total_loss, lr, samples_per_s)
+        faults.train_step_done(step)
         if t.eval_every and step % t.eval_every == 0 and step < t.steps and eval_info is not None:
             _evaluate_into_log(model, eval_info, cfg, device, autocast, log, step, rank, ("audio+video",))
         if step % t.checkpoint_every == 0 or step == t.steps:

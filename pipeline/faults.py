@@ -5,8 +5,12 @@
 - ``kill_driver_after_shards=N``: the preprocessing driver SIGKILLs itself after N shards.
 - ``kill_worker_once=PATH``: the first clip task to create PATH SIGKILLs its own worker process.
 - ``hang_key=KEY``: the clip task for sample KEY sleeps forever (a hung decode).
+- ``kill_train_worker_once=PATH@STEP``: the first Ray Train worker to finish step STEP and
+  create PATH SIGKILLs itself (FailureConfig must then restart from the checkpoint).
+- ``train_step_delay_s=S``: every training step sleeps S seconds, so a test can kill a run
+  between two checkpoints without racing it.
 
-jobs/preprocess.py forwards the variable to Ray workers through the job's runtime environment.
+The jobs forward the variable to Ray workers through the job's runtime environment.
 """
 
 from __future__ import annotations
@@ -34,15 +38,29 @@ def driver_shard_written(count: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _kill_once(marker: str) -> None:
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def clip_task_started(key: str) -> None:
     faults = _faults()
     if faults.get("hang_key") == key:
         while True:
             time.sleep(3600)
-    marker = faults.get("kill_worker_once")
-    if marker:
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-        os.kill(os.getpid(), signal.SIGKILL)
+    if "kill_worker_once" in faults:
+        _kill_once(faults["kill_worker_once"])
+
+
+def train_step_done(step: int) -> None:
+    faults = _faults()
+    if "train_step_delay_s" in faults:
+        time.sleep(float(faults["train_step_delay_s"]))
+    spec = faults.get("kill_train_worker_once")
+    if spec:
+        marker, at = spec.rsplit("@", 1)
+        if step == int(at):
+            _kill_once(marker)

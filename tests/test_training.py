@@ -1,0 +1,120 @@
+"""jobs/train.py on the shared Ray head (micro config): exact resume, worker failure, locks, errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def _args(data, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "jobs/train.py", "--config", "configs/micro.yaml", "--train", str(data.train),
+            "--eval", str(data.eval), "--out", str(out), *extra]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "model.pt", weights_only=True)
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=0, msg=k)
+
+
+def _latest_checkpoint_step(run: Path) -> int | None:
+    snapshot = run / "ray" / "train" / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    except (OSError, ValueError):
+        return None
+    return latest["metrics"]["step"] if latest else None
+
+
+def _events(run: Path) -> list[tuple[str, int]]:
+    return [(e["event"], e["step"]) for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())]
+
+
+def _steps(run: Path) -> list[int]:
+    return [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, micro_data, tmp_path_factory) -> Path:
+    """12 steps, 2 workers, 3 shards (an odd count): 4 epochs of 3 batches per rank."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = ray_cluster.run(*_args(micro_data, out))
+    assert "final eval" in result.stdout + result.stderr or (out / "eval.json").exists()
+    return out
+
+
+def test_two_workers_finish_every_epoch_with_an_odd_shard_count(uninterrupted, micro_data):
+    assert len(json.loads((micro_data.train / "dataset.json").read_text())["shards"]) == 3
+    records = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    assert _steps(uninterrupted) == list(range(1, 13))
+    assert sorted({r["epoch"] for r in records if "loss" in r}) == [0, 1, 2, 3]
+
+
+def test_a_killed_driver_resumes_to_the_same_weights(ray_cluster, micro_data, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    env = dict(ray_cluster.env, PERCEIVER_AV_FAULT="train_step_delay_s=0.5")  # 2 s between checkpoints
+    process = subprocess.Popen(_args(micro_data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # Kill once Ray Train has registered the step-4 checkpoint, mid-run.
+    while time.time() < deadline and process.poll() is None and _latest_checkpoint_step(out) is None:
+        time.sleep(0.1)
+    assert _latest_checkpoint_step(out) == 4 and process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "model.pt").exists()
+    ray_cluster.run(*_args(micro_data, out))
+    assert _events(out) == [("started", 0), ("resumed", 4)]
+    _assert_same_weights(out, uninterrupted)
+    assert _steps(out) == list(range(1, 13))  # each step once
+
+
+def test_a_killed_train_worker_restarts_from_the_checkpoint(ray_cluster, micro_data, uninterrupted, tmp_path):
+    marker = tmp_path / "killed"
+    out = tmp_path / "run"
+    # The delay gives Ray Train time to register the step-4 checkpoint before the kill at step 6.
+    env = dict(ray_cluster.env, PERCEIVER_AV_FAULT=f"kill_train_worker_once={marker}@6,train_step_delay_s=0.5")
+    result = subprocess.run(_args(micro_data, out), env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert marker.exists()
+    assert _events(out) == [("started", 0), ("resumed", 4)]
+    _assert_same_weights(out, uninterrupted)
+    assert _steps(out) == list(range(1, 13))
+
+
+def test_a_second_submission_on_a_live_run_is_refused(ray_cluster, micro_data, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen(_args(micro_data, out, "--set", "train.steps=400"), env=ray_cluster.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "_run.lock").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        second = ray_cluster.job("python", "jobs/train.py", "--config", "configs/micro.yaml",
+                                 "--train", str(micro_data.train), "--out", str(out), check=False)
+        assert second.returncode != 0
+        assert f"{out} is in use by a live train" in second.stdout + second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+
+def test_a_config_that_does_not_match_the_shards_is_refused(micro_data, tmp_path):
+    result = subprocess.run(_args(micro_data, tmp_path / "run", "--set", "data.video.size=64"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "dataset.json has video.size=32" in line and "64" in line
