@@ -87,6 +87,8 @@ class MetricsLog:
         storage.write_bytes(self.out.fs, self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
 
     def add(self, record: dict) -> None:
+        if "eval_mAP" in record:  # a rerun of a finished run evaluates again: keep one record per step
+            self.records = [r for r in self.records if not (r["step"] == record["step"] and "eval_mAP" in r)]
         self.records.append(record)
         if self._file:
             self._file.write(json.dumps(record) + "\n")
@@ -104,9 +106,10 @@ class MetricsLog:
             self.tb.flush()
 
     def close(self) -> None:
-        self.flush()
         if self._file:
             self._file.close()
+            self._file = None
+        self._rewrite()  # the appended file may hold a record that add() has since replaced
         if self.tb:
             self.tb.close()
 
