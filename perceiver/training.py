@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -56,6 +57,13 @@ def shard_position_features(info: DatasetInfo, cfg: Config) -> dict[str, torch.T
                              f"perceiver.fourier_features for grid {spec.grid}: the shards were written by another "
                              f"version or recipe; preprocess again")
     return {name: torch.from_numpy(np.array(f)) for name, f in feats.items() if name in cfg.inputs.modalities}
+
+
+def _say(message: str) -> None:
+    # Ray Train patches print() on its workers to log through Ray *and* print, which shows every
+    # line twice on the driver; writing to stdout directly shows it once.
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
 
 
 def _record_event(out: storage.Location, event: str, step: int, world: int) -> None:
@@ -128,22 +136,26 @@ class Progress:
     total: int
     every_s: float
     start_step: int
+    samples_per_step: int
     started: float = 0.0
     last: float = 0.0
+    last_step: int = 0
 
     def __post_init__(self):
         self.started = self.last = time.monotonic()
+        self.last_step = self.start_step
 
-    def maybe_print(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
+    def maybe_print(self, step: int, loss: float, lr: float) -> None:
+        """samples/s is over the interval since the last line (checkpoints and evaluations included)."""
         now = time.monotonic()
         if now - self.last < self.every_s and step != self.total:
             return
-        self.last = now
-        rate = (step - self.start_step) / max(now - self.started, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        samples_per_s = (step - self.last_step) * self.samples_per_step / max(now - self.last, 1e-9)
+        steps_per_s = (step - self.start_step) / max(now - self.started, 1e-9)
+        self.last, self.last_step = now, step
+        eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-        print(f"step {step}/{self.total} loss {loss:.4f} samples/s {samples_per_s:.1f} lr {lr:.2e} "
-              f"eta {eta_text}", flush=True)
+        _say(f"step {step}/{self.total} loss {loss:.4f} samples/s {samples_per_s:.1f} lr {lr:.2e} eta {eta_text}")
 
 
 def _seeded_generator(device: torch.device, *seed: int) -> torch.Generator:
@@ -185,13 +197,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0:
         _record_event(out, "resumed" if step else "started", step, world)
         if step:
-            print(f"resuming from the checkpoint at step {step}", flush=True)
+            _say(f"resuming from the checkpoint at step {step}")
 
     batches_per_step = t.grad_accum
     steps_per_epoch = t.steps_per_epoch or max(1, info.num_samples // (t.batch_size * world * batches_per_step))
     autocast = torch.bfloat16 if device.type == "cuda" else None
     log = MetricsLog(out, step) if rank == 0 else None
-    progress = Progress(t.steps, t.log_every_s, step)
+    progress = Progress(t.steps, t.log_every_s, step, t.batch_size * batches_per_step * world)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     model.train()
     batches, epoch_of_batches = None, -1
@@ -227,7 +239,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "samples_per_s": samples_per_s}
         if log:
             log.add(metrics)
-            progress.maybe_print(step, total_loss, lr, samples_per_s)
+            progress.maybe_print(step, total_loss, lr)
         faults.train_step_done(step)
         if t.eval_every and step % t.eval_every == 0 and step < t.steps and eval_info is not None:
             _evaluate_into_log(model, eval_info, cfg, device, autocast, log, step, rank, ("audio+video",))
@@ -277,7 +289,7 @@ def _evaluate_into_log(model, eval_info, cfg, device, autocast, log, step, rank,
         result = evaluate(model, eval_info, cfg.train.batch_size, cfg.train.eval_crops, device, modality_sets,
                           autocast)
         log.add(_eval_record(result, step))
-        print(f"eval step {step}: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in modality_sets), flush=True)
+        _say(f"eval step {step}: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in modality_sets))
     _barrier(torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
     return result
 
@@ -291,8 +303,7 @@ def _finish(model: AVClassifier, info: DatasetInfo, eval_info: DatasetInfo | Non
                           autocast_dtype=autocast)
         log.add(_eval_record(result, cfg.train.steps))
         storage.write_bytes(out.fs, out.join("eval.json"), json.dumps(result, indent=2).encode())
-        print("final eval: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in ("audio+video", "audio", "video")),
-              flush=True)
+        _say("final eval: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in ("audio+video", "audio", "video")))
     log.close()
     if out.is_local:
         plot_dir = out.join("plots")
