@@ -89,3 +89,21 @@ def test_a_config_that_does_not_match_the_shards_names_the_field(info):
     with pytest.raises(DatasetMismatchError, match=r"audio\.n_mels=32 .* 64"):
         check_compatible(info, other)
     check_compatible(info, load_config("configs/tiny.yaml"))  # same recipe, other model: fine
+
+
+def test_fourier_features_from_the_shard_equal_those_computed_on_the_device(info, cfg):
+    from perceiver.classifier import AVClassifier
+    from perceiver.training import shard_position_features
+
+    from_shard = shard_position_features(info, cfg)
+    assert set(from_shard) == {"audio", "video"}
+    torch.manual_seed(0)
+    a = AVClassifier(cfg, len(info.classes), from_shard).eval()
+    torch.manual_seed(0)
+    b = AVClassifier(cfg, len(info.classes)).eval()
+    batch = next(iter(_stream(info, cfg, 0)))
+    with torch.no_grad():
+        assert torch.equal(a(batch), b(batch))
+    tampered = {**from_shard, "video": from_shard["video"] + 1e-3}
+    with pytest.raises(ValueError, match="video"):
+        AVClassifier(cfg, len(info.classes), tampered)

@@ -146,3 +146,29 @@ def test_unusable_inputs_fail_with_one_line(micro_data, tmp_path, case, message)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_a_vggsound_layout_goes_through_the_same_stages(ray_cluster, micro_data, tmp_path):
+    """A second dataset layout: VGGSound's `ytid,start,label,split` CSV, converted to a manifest."""
+    from pipeline.sources import load_labels, read_segments, vggsound_to_manifest
+
+    classes = load_labels(micro_data.data / "class_labels_indices.csv")
+    rows, _ = read_segments([micro_data.data / "balanced_train_segments.csv"], classes)
+    media = tmp_path / "vggsound"
+    media.mkdir()
+    lines = []
+    for i, row in enumerate(rows[:10]):
+        start = 30 + i
+        (media / f"{row.ytid}_{start:06d}.mp4").symlink_to(micro_data.data / "clips" / f"{row.ytid}.mp4")
+        lines.append(f'{row.ytid},{start},"{classes[row.labels[0]].name}",{"train" if i < 8 else "test"}')
+    (tmp_path / "vggsound.csv").write_text("\n".join(lines) + "\n")
+    manifest, vgg_classes = vggsound_to_manifest(tmp_path / "vggsound.csv", media, tmp_path / "train.csv")
+    out = tmp_path / "out"
+    ray_cluster.run(sys.executable, "jobs/preprocess.py", "--config", "configs/micro.yaml",
+                    "--manifest", str(manifest), "--labels", str(manifest.with_name("class_labels_indices.csv")),
+                    "--out", str(out))
+    index = pd.read_parquet(out / "index.parquet")
+    assert len(index) == 8 and pd.read_parquet(out / "failures.parquet").empty
+    names = [c["name"] for c in json.loads((out / "dataset.json").read_text())["classes"]]
+    assert names == [c.name for c in vgg_classes]
+    assert all(k.endswith("000") and "." not in k for k in index["key"])
