@@ -149,3 +149,22 @@ def test_sample_json_names_modalities(tmp_path):
     (read,) = shards.iter_samples([path])
     assert read["meta"]["modalities"]["audio"]["id"] == 0
     assert json.loads(json.dumps(read["meta"])) == read["meta"]
+
+
+def test_object_store_writes_appear_only_when_complete():
+    """The object-store branch (no rename there): stage locally, upload in one piece on success."""
+    import pyarrow.fs as pafs
+
+    fs = pafs._MockFileSystem()  # pyarrow's in-memory file system stands in for s3:// or gs://
+    loc = storage.Location(fs, "bucket/ds/shards", "mock://bucket/ds/shards")
+
+    def exploding():
+        yield shards.sample_members(_sample("k", 0), "raw", 90)
+        raise RuntimeError("killed mid-shard")
+
+    with pytest.raises(RuntimeError):
+        shards.write_shard(loc, "t-000000.tar", [], exploding())
+    assert storage.list_files(fs, loc.path) == []
+    size = shards.write_shard(loc, "t-000000.tar", [], [shards.sample_members(_sample("k", 0), "raw", 90)])
+    assert storage.list_files(fs, loc.path) == ["bucket/ds/shards/t-000000.tar"]
+    assert len(storage.read_bytes(fs, loc.join("t-000000.tar"))) == size
