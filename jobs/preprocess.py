@@ -23,7 +23,13 @@ import ray  # noqa: E402
 
 from perceiver.config import ConfigError, load_config  # noqa: E402
 from pipeline import faults, sources, storage  # noqa: E402
-from pipeline.distributed import DatasetMismatchError, PreprocessJob, check_reachable, run_preprocess  # noqa: E402
+from pipeline.distributed import (  # noqa: E402
+    DatasetMismatchError,
+    PreprocessJob,
+    StorageError,
+    check_reachable,
+    run_preprocess,
+)
 from pipeline.encode import EncodeOptions  # noqa: E402
 from pipeline.lock import RunLock, RunLockedError  # noqa: E402
 
@@ -91,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RunLockedError, DatasetMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except StorageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(summary.line(), flush=True)
     return 0
 

@@ -18,10 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
+import ray.train  # noqa: E402
 
 from perceiver.config import ConfigError, load_config  # noqa: E402
 from perceiver.loader import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
-from perceiver.training import fit  # noqa: E402
+from perceiver.training import RunMismatchError, check_same_run, fit  # noqa: E402
 from pipeline import faults, storage  # noqa: E402
 from pipeline.distributed import check_reachable  # noqa: E402
 from pipeline.lock import RunLock, RunLockedError  # noqa: E402
@@ -68,13 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         with RunLock(out, "train"):
             print(f"train: {info.num_samples} clips in {len(info.shards)} shards, {cfg.train.num_workers} workers "
                   f"({'GPU' if cfg.train.use_gpu else 'CPU'}), {cfg.train.steps} steps -> {out.uri}", flush=True)
-            result = fit(cfg, info.root, eval_info.root if args.eval else None, out, cfg.train.num_workers,
+            check_same_run(out, cfg)
+            fit(cfg, info.root, eval_info.root if args.eval else None, out, cfg.train.num_workers,
                          cfg.train.use_gpu, resources)
-    except RunLockedError as err:
+    except (RunLockedError, RunMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    if result.error:
-        print(f"error: training failed: {result.error}", file=sys.stderr)
+    except ray.train.TrainingFailedError as err:
+        cause = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        print(f"error: training failed after {cfg.train.max_failures} restarts ({cause}); the run directory keeps "
+              f"its checkpoints: rerun the same command to resume", file=sys.stderr)
         return 1
     if args.eval and storage.exists(out.fs, out.join("eval.json")):
         metrics = json.loads(storage.read_bytes(out.fs, out.join("eval.json")))

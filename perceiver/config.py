@@ -49,9 +49,11 @@ class DataConfig:
     video: VideoRecipe = field(default_factory=VideoRecipe)
     audio: AudioRecipe = field(default_factory=AudioRecipe)
     shard_size: int = 64  # clips per shard
-    fourier_source: str = "shard"  # "shard": features read from each shard; "device": computed on the device
+    # "shard": the trainer reads the features the shards carry, checks them against the model's own
+    # fourier_features and feeds them to the model; "device": the model computes them (identical values).
+    fourier_source: str = "shard"
     decode_timeout_s: float = 120.0  # a clip whose decode takes longer is recorded as a failure
-    max_in_flight: int = 0  # decode tasks in flight; 0 = twice the cluster's CPUs
+    max_in_flight: int = 0  # clip tasks in flight; 0 = the cluster's CPUs (the decode timeout runs from submission)
 
 
 @dataclass
@@ -168,6 +170,10 @@ def validate(cfg: Config) -> None:
         (set(cfg.inputs.modalities) <= {"audio", "video"} and cfg.inputs.modalities,
          "inputs.modalities must be a non-empty subset of [audio, video]"),
         (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
+        (0 <= cfg.train.warmup_steps < cfg.train.steps, "train.warmup_steps must lie in [0, train.steps)"),
+        (cfg.model.latent_dim % cfg.model.self_heads == 0, "model.latent_dim must divide by model.self_heads"),
+        ((d.audio.num_samples if d.audio.representation == "raw" else d.audio.num_samples // d.audio.hop_length)
+         % d.audio.patch == 0, "one audio window (samples, or log-mel frames) must divide by data.audio.patch"),
         (d.segment_seconds * d.video.fps >= d.video.num_frames,
          "data.segment_seconds is shorter than one video window"),
         (d.segment_seconds * d.audio.sample_rate >= d.audio.num_samples,

@@ -2,6 +2,7 @@
 
 Run directory (``--out``, a path or URI):
 
+    run_config.json      the config of the run; a resume with another model/data/inputs is refused
     metrics.jsonl        one JSON record per optimizer step (and per evaluation), each step once
     events.jsonl         one record per start of the worker group: "started", or "resumed" at a step
     tensorboard/         the same scalars for TensorBoard (local outputs)
@@ -315,9 +316,33 @@ def _finish(model: AVClassifier, info: DatasetInfo, eval_info: DatasetInfo | Non
                                     f"{plot_dir}/per_class_ap.png", title="per-class AP (A+V)")
 
 
+class RunMismatchError(ValueError):
+    """``--out`` holds a run made with another model, recipe or input layout."""
+
+
+# Sections a resumed run must share with its checkpoints; train.* (steps, lr, workers...) may change.
+_RUN_DEFINING = ("model", "data", "inputs")
+
+
+def check_same_run(out: storage.Location, cfg: Config) -> None:
+    """Record the run's config on first start; refuse to resume it with a different model or data."""
+    path = out.join("run_config.json")
+    current = to_dict(cfg)
+    if storage.exists(out.fs, path):
+        held = json.loads(storage.read_bytes(out.fs, path))
+        for section in _RUN_DEFINING:
+            for key, value in current[section].items():
+                if held[section].get(key) != value:
+                    raise RunMismatchError(
+                        f"{out.uri} holds a run with {section}.{key}={held[section].get(key)!r}, this config has "
+                        f"{value!r}: resume with the run's config or choose a new --out")
+    storage.write_bytes(out.fs, path, json.dumps(current, indent=2).encode())
+
+
 def fit(cfg: Config, train: str, eval_: str | None, out: storage.Location, num_workers: int, use_gpu: bool,
         resources_per_worker: dict | None = None):
-    """Run (or resume) training on the attached Ray cluster; returns Ray Train's Result."""
+    """Run (or resume) training on the attached Ray cluster; raises ray.train.TrainingFailedError
+    once ``train.max_failures`` restarts are spent."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

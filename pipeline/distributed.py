@@ -43,6 +43,10 @@ class DatasetMismatchError(RuntimeError):
     """``--out`` already holds a different dataset."""
 
 
+class StorageError(RuntimeError):
+    """A shard or record could not be written to ``--out``."""
+
+
 @dataclass
 class PreprocessJob:
     """Everything one preprocessing run needs; ``jobs/preprocess.py`` builds it from arguments."""
@@ -93,10 +97,10 @@ def _plan_digest(plan: Sequence[tuple[str, list[ClipRow]]]) -> dict[str, str]:
 def _check_same_dataset(job: PreprocessJob, plan_file: str, digest: dict[str, str], recipe: dict) -> None:
     """Refuse to mix two datasets in one directory; a rerun of the same command passes."""
     fs = job.out.fs
-    record = {"recipe": recipe, "classes": [c.mid for c in job.classes], "shards": digest}
+    record = {"split": job.split, "recipe": recipe, "classes": [c.mid for c in job.classes], "shards": digest}
     if storage.exists(fs, plan_file):
         held = json.loads(storage.read_bytes(fs, plan_file))
-        for part in ("recipe", "classes"):
+        for part in ("split", "recipe", "classes"):
             if held.get(part) != record[part]:
                 raise DatasetMismatchError(
                     f"{job.out.uri} already holds a dataset with a different {part}: "
@@ -169,7 +173,12 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
         for ref in ready:
             if ref in writers:
                 name = writers.pop(ref)
-                size = ray.get(ref)
+                try:
+                    size = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    cause = str(err).strip().splitlines()[-1]
+                    raise StorageError(f"writing shard {name} to {job.out.uri} failed ({cause}); finished shards "
+                                       f"are kept: fix the storage and rerun the same command") from None
                 _write_part(job.out, name, results.pop(name), size)
                 written += 1
                 faults.driver_shard_written(written)

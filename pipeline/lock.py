@@ -60,14 +60,25 @@ class RunLock:
     def _write(self) -> None:
         storage.write_bytes(self.out.fs, self.path, json.dumps(dict(self.record, heartbeat=time.time())).encode())
 
+    def _refuse(self, holder: dict) -> None:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+        raise RunLockedError(
+            f"{self.out.uri} is in use by a live {holder.get('job', 'run')} (run {holder.get('run_id')}, "
+            f"pid {holder.get('pid')} on {holder.get('host')}, started {started}): wait for it, "
+            f"stop it, or choose another output directory")
+
     def acquire(self) -> RunLock:
         holder = self._holder()
-        if holder and holder.get("run_id") != self.record["run_id"] and self._is_live(holder):
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
-            raise RunLockedError(
-                f"{self.out.uri} is in use by a live {holder.get('job', 'run')} (run {holder.get('run_id')}, "
-                f"pid {holder.get('pid')} on {holder.get('host')}, started {started}): wait for it, "
-                f"stop it, or choose another output directory")
+        if holder and self._is_live(holder):
+            self._refuse(holder)
+        if holder is None and self.out.is_local:
+            # Two runs starting at once: only one creates the file; the other judges the winner.
+            os.makedirs(self.out.path, exist_ok=True)
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                time.sleep(0.5)
+                self._refuse(self._holder() or {"job": "run", "run_id": "starting now"})
         self._write()
         self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
         self._thread.start()

@@ -118,3 +118,9 @@ def test_a_config_that_does_not_match_the_shards_is_refused(micro_data, tmp_path
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "dataset.json has video.size=32" in line and "64" in line
+
+
+def test_resuming_with_another_model_is_refused(ray_cluster, micro_data, uninterrupted):
+    result = ray_cluster.run(*_args(micro_data, uninterrupted, "--set", "model.latent_dim=64"), check=False)
+    assert result.returncode == 3
+    assert "holds a run with model.latent_dim=32" in result.stderr.strip().splitlines()[-1]
