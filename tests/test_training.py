@@ -85,8 +85,9 @@ def test_a_killed_driver_resumes_to_the_same_weights(ray_cluster, micro_data, un
 def test_a_killed_train_worker_restarts_from_the_checkpoint(ray_cluster, micro_data, uninterrupted, tmp_path):
     marker = tmp_path / "killed"
     out = tmp_path / "run"
-    # The delay gives Ray Train time to register the step-4 checkpoint before the kill at step 6.
-    env = dict(ray_cluster.env, PERCEIVER_AV_FAULT=f"kill_train_worker_once={marker}@6,train_step_delay_s=0.5")
+    # Ray Train's controller collects reports every 2 s: the delay lets it register the step-4
+    # checkpoint before the kill after step 7, 3 s later.
+    env = dict(ray_cluster.env, PERCEIVER_AV_FAULT=f"kill_train_worker_once={marker}@7,train_step_delay_s=1.0")
     result = subprocess.run(_args(micro_data, out), env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert marker.exists()
