@@ -39,16 +39,24 @@ def score(model: AVClassifier, info: DatasetInfo, batch_size: int, crops: int, d
             scores[name].append(probs.cpu().numpy())
         targets.append(batch.labels.view(len(batch), batch.crops, -1)[:, 0].cpu().numpy())
     model.train(was_training)
-    if not targets:
-        raise RuntimeError(f"{info.root}: no readable evaluation sample")
-    return {k: np.concatenate(v) for k, v in scores.items()}, np.concatenate(targets), stats
+    empty = np.zeros((0, len(info.classes)), np.float32)
+    return ({k: np.concatenate(v) if v else empty for k, v in scores.items()},
+            np.concatenate(targets) if targets else empty, stats)
+
+
+def metrics(scores: dict[str, np.ndarray], targets: np.ndarray, stats: Sequence[ReadStats], root: str) -> dict:
+    """{modality set: mAP, mean_auc, d_prime, per_class_ap, ...}, the clips scored and what was skipped."""
+    if not len(targets):
+        raise RuntimeError(f"{root}: no readable evaluation sample")
+    result = {name: dict(multilabel_metrics(s, targets)) for name, s in scores.items()}
+    result["num_clips"] = int(targets.shape[0])
+    result["skipped"] = {"bad_shards": sum(len(s.bad_shards) for s in stats),
+                         "incomplete_samples": sum(len(s.incomplete_samples) for s in stats)}
+    return result
 
 
 def evaluate(model: AVClassifier, info: DatasetInfo, batch_size: int, crops: int, device: torch.device,
              modality_sets: Sequence[str] = tuple(MODALITY_SETS), autocast_dtype: torch.dtype | None = None) -> dict:
-    """{modality set: mAP, mean_auc, d_prime, per_class_ap, ...} plus the number of clips scored."""
+    """Score every clip of ``info`` in this process and compute the metrics."""
     scores, targets, stats = score(model, info, batch_size, crops, device, modality_sets, autocast_dtype)
-    result = {name: dict(multilabel_metrics(s, targets)) for name, s in scores.items()}
-    result["num_clips"] = int(targets.shape[0])
-    result["skipped"] = {"bad_shards": len(stats.bad_shards), "incomplete_samples": len(stats.incomplete_samples)}
-    return result
+    return metrics(scores, targets, [stats], info.root)

@@ -21,6 +21,7 @@ to the same position, so the result equals an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -32,10 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from perceiver import plots
+from perceiver import evaluation, plots
 from perceiver.classifier import AVClassifier
 from perceiver.config import Config, config_from_dict, to_dict
-from perceiver.evaluation import evaluate
 from perceiver.loader import DatasetInfo, TrainStream, open_dataset, train_batches
 from perceiver.optim import build_optimizer, build_schedule
 from perceiver.recipe import modality_specs
@@ -243,12 +243,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
             progress.maybe_print(step, total_loss, lr)
         faults.train_step_done(step)
         if t.eval_every and step % t.eval_every == 0 and step < t.steps and eval_info is not None:
-            _evaluate_into_log(model, eval_info, cfg, device, autocast, log, step, rank, ("audio+video",))
+            result = _evaluate(model, eval_info, cfg, device, autocast, rank, world, ("audio+video",))
+            if log:
+                log.add(_eval_record(result, step))
+                _say(f"eval step {step}: audio+video mAP={result['audio+video']['mAP']:.3f}")
         if step % t.checkpoint_every == 0 or step == t.steps:
             _report(model, optimizer, schedule, step, steps_per_epoch, metrics, rank, log, Checkpoint)
 
+    result = _evaluate(model, eval_info, cfg, device, autocast, rank, world, tuple(evaluation.MODALITY_SETS)) \
+        if eval_info is not None else None
     if rank == 0:
-        _finish(model, info, eval_info, cfg, device, autocast, out, log)
+        _finish(model, info, result, cfg, out, log)
     _barrier(world)
 
 
@@ -284,24 +289,26 @@ def _eval_record(result: dict, step: int) -> dict:
     return record
 
 
-def _evaluate_into_log(model, eval_info, cfg, device, autocast, log, step, rank, modality_sets) -> dict | None:
-    result = None
-    if rank == 0:
-        result = evaluate(model, eval_info, cfg.train.batch_size, cfg.train.eval_crops, device, modality_sets,
-                          autocast)
-        log.add(_eval_record(result, step))
-        _say(f"eval step {step}: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in modality_sets))
-    _barrier(torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
-    return result
+def _evaluate(model: AVClassifier, eval_info: DatasetInfo, cfg: Config, device: torch.device, autocast, rank: int,
+              world: int, modality_sets: tuple[str, ...]) -> dict | None:
+    """Every rank scores its share of the evaluation shards; rank 0 gathers them and gets the metrics."""
+    part = dataclasses.replace(eval_info, shards=eval_info.shards[rank::world])
+    scored = evaluation.score(model, part, cfg.train.batch_size, cfg.train.eval_crops, device, modality_sets, autocast)
+    gathered = [scored]
+    if world > 1:
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, scored)
+    if rank != 0:
+        return None
+    scores = {name: np.concatenate([g[0][name] for g in gathered]) for name in modality_sets}
+    return evaluation.metrics(scores, np.concatenate([g[1] for g in gathered]), [g[2] for g in gathered], eval_info.root)
 
 
-def _finish(model: AVClassifier, info: DatasetInfo, eval_info: DatasetInfo | None, cfg: Config,
-            device: torch.device, autocast, out: storage.Location, log: MetricsLog) -> None:
-    """Rank 0 after the last step: final weights, final evaluation, plots."""
+def _finish(model: AVClassifier, info: DatasetInfo, result: dict | None, cfg: Config, out: storage.Location,
+            log: MetricsLog) -> None:
+    """Rank 0 after the last step: final weights, the final evaluation's record, plots."""
     save_model(out, model, cfg, list(info.classes), info.recipe, info.root)
-    if eval_info is not None:
-        result = evaluate(model, eval_info, cfg.train.batch_size, cfg.train.eval_crops, device,
-                          autocast_dtype=autocast)
+    if result is not None:
         log.add(_eval_record(result, cfg.train.steps))
         storage.write_bytes(out.fs, out.join("eval.json"), json.dumps(result, indent=2).encode())
         _say("final eval: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in ("audio+video", "audio", "video")))
@@ -311,7 +318,7 @@ def _finish(model: AVClassifier, info: DatasetInfo, eval_info: DatasetInfo | Non
         plots.plot_curves(log.records, f"{plot_dir}/loss.png", ys=("loss",), title="training loss")
         plots.plot_curves(log.records, f"{plot_dir}/map.png", ys=("eval_mAP", "eval_audio_mAP", "eval_video_mAP"),
                           title="eval mAP")
-        if eval_info is not None:
+        if result is not None:
             plots.plot_per_class_ap(result["audio+video"]["per_class_ap"], info.class_names,
                                     f"{plot_dir}/per_class_ap.png", title="per-class AP (A+V)")
 
