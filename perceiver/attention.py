@@ -78,17 +78,12 @@ class Attention(nn.Module):
         Returns:
             (B, N, out_dim), and the weights (B, H, N, M) or None.
         """
-        if self.fold_kv:
-            # q . (W_k x) = (W_k^T q) . x: attend with folded queries straight over the inputs.
-            q = (self.to_q(x_q) @ self.to_k.weight)[:, None]  # (B,1,N,kv_dim)
-            k = v = x_kv[:, None]  # (B,1,M,kv_dim), a view
-        else:
-            q, k, v = self._split(self.to_q(x_q)), self._split(self.to_k(x_kv)), self._split(self.to_v(x_kv))
+        q, k, v = self._folded_qkv(x_q, x_kv) if self.fold_kv else self._projected_qkv(x_q, x_kv)
         has_tokens = None
         if mask is not None:
             has_tokens = mask.any(dim=-1)[:, None, None, None]  # (B,1,1,1)
             # A sample with no real token has nothing to attend to, and a softmax over an
-            # empty set is NaN. Let it attend over its padding to keep the arithmetic finite,
+            # empty set is NaN. Let it attend over its padding tokens to keep the arithmetic finite,
             # then zero its result below, so it reads as having attended to nothing.
             mask = mask[:, None, None, :] | ~has_tokens  # (B,1,1,M), broadcast over heads and queries
         weights = None
@@ -99,12 +94,31 @@ class Attention(nn.Module):
             out = self.kernel(q, k, v, mask)
         if self.fold_kv:
             # The weights sum to 1, so sum_m a_m (W_v x_m + b_v) = W_v (sum_m a_m x_m) + b_v.
-            out = self.to_v(out)
+            out = self.to_v(out[..., : x_kv.shape[-1]])
         if has_tokens is not None:
             out = out * has_tokens
             weights = None if weights is None else weights * has_tokens
         b, h, n, dv = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, n, h * dv)), weights
+
+    def _projected_qkv(self, x_q: Tensor, x_kv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B,H,N,E), k (B,H,M,E), v (B,H,M,V): the textbook projections."""
+        return self._split(self.to_q(x_q)), self._split(self.to_k(x_kv)), self._split(self.to_v(x_kv))
+
+    def _folded_qkv(self, x_q: Tensor, x_kv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B,1,N,P), k = v = x_kv (B,1,M,P), P = kv_dim rounded up to a multiple of 8.
+
+        q . (W_k x) = (W_k^T q) . x, so folded queries attend straight over the inputs.
+        """
+        width = x_kv.shape[-1]
+        q = self.to_q(x_q) @ self.to_k.weight  # (B,N,kv_dim)
+        if pad := -width % 8:
+            # CUDA's fused kernels need widths in multiples of 8 (the paper's inputs are 487
+            # wide). Zero channels add nothing to q . x, and rescaling q keeps the softmax
+            # temperature at 1/sqrt(kv_dim) although SDPA scales by 1/sqrt(kv_dim + pad).
+            q = F.pad(q * ((width + pad) / width) ** 0.5, (0, pad))
+            x_kv = F.pad(x_kv, (0, pad))
+        return q[:, None], x_kv[:, None], x_kv[:, None]
 
     def _split(self, x: Tensor) -> Tensor:
         """(B, L, H*E) -> (B, H, L, E)."""

@@ -127,6 +127,8 @@ class MultimodalInput(nn.Module):
                     f"(grid {spec.grid}, {spec.num_bands} bands, max_resolution {spec.max_resolution}): "
                     "the data were prepared with another recipe"
                 )
+            if spec.name in given:  # the data's own copy (e.g. a shard's), proven equal above
+                features = torch.as_tensor(given[spec.name], dtype=torch.float32).clone()
             # Non-persistent: recomputable from the spec, so kept out of checkpoints but moved by .to().
             self.register_buffer(f"position_{spec.name}", features, persistent=False)
             vector = torch.empty(self.out_channels - spec.content_channels - spec.fourier_channels)
