@@ -1,7 +1,8 @@
 """Shards -> windows -> batches, deterministic per (seed, epoch, rank), equal batches per rank.
 
-Training: in epoch ``e`` rank ``r`` of ``w`` reads the shards ``perm_e[r::w]`` (``perm_e`` a
-permutation seeded by (seed, e)); a rank left without a shard takes ``perm_e[r % n]``. Samples
+Training: in epoch ``e`` reader ``r`` of ``w`` (a rank, or one DataLoader worker of a rank) reads
+the shards ``perm_e[r::w]`` (``perm_e`` a permutation seeded by (seed, e)); a reader left
+without a shard takes ``perm_e[r % n]``. Samples
 pass a seeded shuffle buffer, each gets one random window, and the rank's shards are cycled
 (reshuffled per pass) until it has yielded exactly ``steps_per_epoch`` batches, so no rank runs
 short and DDP never hangs. Resuming at batch ``b`` of an epoch replays the same sample stream
@@ -9,14 +10,13 @@ and skips ``b`` batches without decoding their frames.
 
 Evaluation: every sample of every shard once, in order, with ``crops`` evenly spaced windows.
 
-``DataLoader`` workers split batches, not shards: worker ``k`` of ``K`` follows the whole
-(cheap) sample stream but assembles only batches ``b % K == k``. The DataLoader returns worker
-outputs round-robin, so the batch order is the same for any number of workers.
+``DataLoader`` workers each read their own shards (see ``TrainStream``), so no byte is read twice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from perceiver.config import Config, DataConfig
 from perceiver.recipe import audio_window_length
 from pipeline import features, shards, storage
+
+log = logging.getLogger(__name__)
 
 
 class DatasetMismatchError(ValueError):
@@ -113,21 +115,41 @@ def window_start_frames(meta: dict, data: DataConfig, count: int | None, rng: np
     return [int(round(i * last / (count - 1))) if count > 1 else last // 2 for i in range(count)]
 
 
-def crop_window(sample: dict, data: DataConfig, start_frame: int) -> tuple[np.ndarray, np.ndarray]:
-    """(video uint8 (F, S, S, 3), audio float32 window) starting at ``start_frame``."""
-    f = data.video.num_frames
-    if "video_jpeg" in sample:
-        video = shards.decode_jpeg_frames(sample["video_jpeg"][start_frame:start_frame + f])
-    else:
-        video = np.asarray(sample["video"][start_frame:start_frame + f])
-    samples_per_frame = data.audio.sample_rate / data.video.fps
-    first_sample = int(round(start_frame * samples_per_frame))
+def crop_window(sample: dict, data: DataConfig, start_frame: int) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+    """(video uint8 (F, S, S, 3), audio float32 window, video usable, audio usable) from ``start_frame``.
+
+    A frame that does not decode or an array of the wrong shape (a damaged shard whose tar is
+    intact) makes that modality absent for this window, as a missing stream would: the batch keeps
+    its size, so every rank still yields the same number of batches, and a rerun does not meet
+    the same crash at the same step forever.
+    """
+    f, size = data.video.num_frames, data.video.size
     length = audio_window_length(data.audio)
+    audio_shape = (length,) if data.audio.representation == "raw" else (length, data.audio.n_mels)
+    try:
+        if "video_jpeg" in sample:
+            video = shards.decode_jpeg_frames(sample["video_jpeg"][start_frame:start_frame + f])
+        else:
+            video = np.asarray(sample["video"][start_frame:start_frame + f])
+        if video.shape != (f, size, size, 3) or video.dtype != np.uint8:
+            raise ValueError(f"video window of shape {video.shape} {video.dtype}")
+        video_ok = True
+    except (OSError, ValueError, SyntaxError) as err:  # Pillow raises all three on damaged JPEGs
+        log.warning("%s: video window unusable (%s); treated as absent", sample.get("__key__"), err)
+        video, video_ok = np.zeros((f, size, size, 3), np.uint8), False
+    first_sample = int(round(start_frame * data.audio.sample_rate / data.video.fps))
     first = first_sample if data.audio.representation == "raw" else first_sample // data.audio.hop_length
-    audio = features.audio_values(np.asarray(sample["audio"][first:first + length]))
-    if audio.shape[0] < length:  # only possible at the very end of a padded clip
-        audio = np.concatenate([audio, np.zeros((length - audio.shape[0], *audio.shape[1:]), audio.dtype)])
-    return video, audio
+    try:
+        audio = features.audio_values(np.asarray(sample["audio"][first:first + length]))
+        if audio.shape[0] < length:  # a window at the very end of a padded clip
+            audio = np.concatenate([audio, np.zeros((length - audio.shape[0], *audio.shape[1:]), audio.dtype)])
+        if audio.shape != audio_shape:
+            raise ValueError(f"audio window of shape {audio.shape}")
+        audio_ok = True
+    except (ValueError, TypeError) as err:
+        log.warning("%s: audio window unusable (%s); treated as absent", sample.get("__key__"), err)
+        audio, audio_ok = np.zeros(audio_shape, np.float32), False
+    return video, audio, video_ok, audio_ok
 
 
 @dataclass
@@ -155,11 +177,11 @@ def assemble(samples: Sequence[dict], starts: Sequence[Sequence[int]], data: Dat
         target = np.zeros(num_classes, np.float32)
         target[sample["meta"]["labels"]] = 1.0
         for start in sample_starts:
-            v, a = crop_window(sample, data, start)
+            v, a, v_ok, a_ok = crop_window(sample, data, start)
             videos.append(v)
             audios.append(a)
-            has_v.append(sample["meta"]["has_video"])
-            has_a.append(sample["meta"]["has_audio"])
+            has_v.append(sample["meta"]["has_video"] and v_ok)
+            has_a.append(sample["meta"]["has_audio"] and a_ok)
             labels.append(target)
     return Batch(torch.from_numpy(np.stack(videos)), torch.from_numpy(np.stack(audios)),
                  torch.tensor(has_v), torch.tensor(has_a), torch.from_numpy(np.stack(labels)),
@@ -176,20 +198,29 @@ def rank_shards(paths: Sequence[str], seed: int, epoch: int, rank: int, world: i
 
 
 class TrainStream(IterableDataset):
-    """The batches of one epoch on one rank: exactly ``steps`` of them, starting at ``skip``."""
+    """The batches of one epoch on one rank: exactly ``steps`` of them, starting at ``skip``.
+
+    With ``loader_workers`` K > 0 the rank's stream is K sub-streams, one per DataLoader worker,
+    each reading its own shards (``rank_shards`` over world x K readers): the rank's batch ``b``
+    is sub-stream ``b % K``'s batch ``b // K``. The DataLoader takes one batch from each worker in
+    turn, and worker ``w`` serves sub-stream ``(w + skip) % K``, so the order is the same with or
+    without a skip. Order is a function of (seed, epoch, rank, K): keep K when resuming.
+    """
 
     def __init__(self, info: DatasetInfo, data: DataConfig, batch_size: int, seed: int, epoch: int,
-                 rank: int, world: int, steps: int, skip: int = 0, shuffle_buffer: int = 64):
+                 rank: int, world: int, steps: int, skip: int = 0, shuffle_buffer: int = 64, loader_workers: int = 0):
         super().__init__()
         self.info, self.data, self.batch_size = info, data, batch_size
         self.seed, self.epoch, self.rank, self.world = seed, epoch, rank, world
         self.steps, self.skip, self.shuffle_buffer = steps, skip, shuffle_buffer
+        self.subs = max(1, loader_workers)
         self.stats = shards.ReadStats()
 
-    def _samples(self) -> Iterator[tuple[dict, int]]:
-        """(sample, window start) pairs forever, shuffled through a seeded buffer."""
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-        mine = rank_shards(self.info.shards, self.seed, self.epoch, self.rank, self.world)
+    def _samples(self, sub: int) -> Iterator[tuple[dict, int]]:
+        """(sample, window start) pairs of one sub-stream forever, shuffled through a seeded buffer."""
+        reader = self.rank * self.subs + sub
+        rng = np.random.default_rng([self.seed, self.epoch, reader, self.world * self.subs])
+        mine = rank_shards(self.info.shards, self.seed, self.epoch, reader, self.world * self.subs)
         buffer: list[dict] = []
         for cycle in range(1 << 30):
             order = rng.permutation(len(mine)) if cycle else range(len(mine))
@@ -205,26 +236,26 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[Batch]:
         worker = get_worker_info()
-        k, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        sub = ((worker.id if worker else 0) + self.skip) % self.subs
+        batch_index = sub  # the rank-level index of this sub-stream's next batch
         pending: list[tuple[dict, int]] = []
-        batch_index = 0
-        for sample, start in self._samples():
+        for sample, start in self._samples(sub):
             pending.append((sample, start))
             if len(pending) < self.batch_size:
                 continue
-            if batch_index >= self.skip and (batch_index - self.skip) % workers == k:
+            if batch_index >= self.steps:
+                return
+            if batch_index >= self.skip:  # skipped batches are read, never decoded
                 yield assemble([s for s, _ in pending], [[st] for _, st in pending], self.data,
                                len(self.info.classes))
             pending = []
-            batch_index += 1
-            if batch_index >= self.steps:
-                return
+            batch_index += self.subs
 
 
-def train_batches(stream: TrainStream, loader_workers: int) -> Iterator[Batch]:
-    if loader_workers == 0:
+def train_batches(stream: TrainStream) -> Iterator[Batch]:
+    if stream.subs == 1:
         return iter(stream)
-    return iter(DataLoader(stream, batch_size=None, num_workers=loader_workers,
+    return iter(DataLoader(stream, batch_size=None, num_workers=stream.subs,
                            multiprocessing_context="forkserver", persistent_workers=False))
 
 

@@ -214,8 +214,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         if epoch != epoch_of_batches:  # a new epoch, or the resumed one replayed to its position
             stream = TrainStream(info, cfg.data, t.batch_size, t.seed, epoch, rank, world,
-                                 steps_per_epoch * batches_per_step, in_epoch * batches_per_step, t.shuffle_buffer)
-            batches, epoch_of_batches = train_batches(stream, t.loader_workers), epoch
+                                 steps_per_epoch * batches_per_step, in_epoch * batches_per_step, t.shuffle_buffer,
+                                 t.loader_workers)
+            batches, epoch_of_batches = train_batches(stream), epoch
         generator = _seeded_generator(device, t.seed, step, rank)
         total_loss = 0.0
         for micro in range(batches_per_step):

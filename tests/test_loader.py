@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,9 +30,10 @@ def cfg():
     return load_config("configs/micro.yaml")
 
 
-def _stream(info, cfg, rank: int, world: int = 2, epoch: int = 0, steps: int = 5, skip: int = 0, seed: int = 0):
+def _stream(info, cfg, rank: int, world: int = 2, epoch: int = 0, steps: int = 5, skip: int = 0, seed: int = 0,
+            workers: int = 0):
     return TrainStream(info, cfg.data, cfg.train.batch_size, seed, epoch, rank, world, steps, skip,
-                       cfg.train.shuffle_buffer)
+                       cfg.train.shuffle_buffer, workers)
 
 
 def _fingerprint(batches) -> list[tuple]:
@@ -65,9 +67,14 @@ def test_skipping_replays_to_the_same_position(info, cfg):
     assert _fingerprint(_stream(info, cfg, 1, steps=6, skip=4)) == full[4:]
 
 
-def test_loader_workers_keep_the_batch_order(info, cfg):
-    single = _fingerprint(_stream(info, cfg, 0, steps=5, skip=1))
-    assert _fingerprint(train_batches(_stream(info, cfg, 0, steps=5, skip=1), loader_workers=2)) == single
+def test_loader_workers_read_their_own_shards_and_replay_exactly(info, cfg):
+    # 1 rank x 2 workers = 2 readers over 3 shards: each worker reads only its own.
+    assert sorted(rank_shards(info.shards, 0, 0, 0, 2) + rank_shards(info.shards, 0, 0, 1, 2)) == sorted(info.shards)
+    full = _fingerprint(train_batches(_stream(info, cfg, 0, world=1, steps=7, workers=2)))
+    assert len(full) == 7
+    for skip in (1, 2, 3):
+        resumed = _fingerprint(train_batches(_stream(info, cfg, 0, world=1, steps=7, skip=skip, workers=2)))
+        assert resumed == full[skip:]
 
 
 def test_batches_hold_windows_of_the_recipe(info, cfg):
@@ -107,3 +114,17 @@ def test_fourier_features_from_the_shard_equal_those_computed_on_the_device(info
     tampered = {**from_shard, "video": from_shard["video"] + 1e-3}
     with pytest.raises(ValueError, match="video"):
         AVClassifier(cfg, len(info.classes), tampered)
+
+
+def test_a_damaged_frame_makes_the_video_absent_not_the_run_crash(cfg):
+    from perceiver.loader import assemble
+    from pipeline.shards import encode_jpeg_frames
+
+    frames = encode_jpeg_frames(np.full((16, 32, 32, 3), 128, np.uint8), 90)
+    frames[3] = frames[3][: len(frames[3]) // 3]  # an intact tar holding a cut JPEG
+    meta = {"has_audio": True, "has_video": True, "video_frames": 16, "audio_samples": 32000,
+            "video": {"frames": 16}, "labels": [1]}
+    damaged = {"__key__": "k", "meta": meta, "video_jpeg": frames, "audio": np.zeros((200, 32), np.float16)}
+    batch = assemble([damaged], [[0, 8]], cfg.data, num_classes=8)
+    assert batch.has_video.tolist() == [False, True]  # the window holding frame 3 only
+    assert batch.has_audio.tolist() == [True, True] and batch.video[0].sum() == 0
