@@ -174,6 +174,9 @@ def validate(cfg: Config) -> None:
         (cfg.model.latent_dim % cfg.model.self_heads == 0, "model.latent_dim must divide by model.self_heads"),
         ((d.audio.num_samples if d.audio.representation == "raw" else d.audio.num_samples // d.audio.hop_length)
          % d.audio.patch == 0, "one audio window (samples, or log-mel frames) must divide by data.audio.patch"),
+        (abs(d.video.num_frames / d.video.fps - d.audio.num_samples / d.audio.sample_rate) < 1e-6,
+         "one window must last as long in both modalities: data.video.num_frames / data.video.fps "
+         "must equal data.audio.num_samples / data.audio.sample_rate"),
         (d.segment_seconds * d.video.fps >= d.video.num_frames,
          "data.segment_seconds is shorter than one video window"),
         (d.segment_seconds * d.audio.sample_rate >= d.audio.num_samples,

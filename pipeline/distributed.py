@@ -24,7 +24,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -175,7 +174,7 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
                 name = writers.pop(ref)
                 try:
                     size = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:
+                except ray.exceptions.RayError as err:
                     cause = str(err).strip().splitlines()[-1]
                     raise StorageError(f"writing shard {name} to {job.out.uri} failed ({cause}); finished shards "
                                        f"are kept: fix the storage and rerun the same command") from None
@@ -186,7 +185,7 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
             name, row, members_ref, _ = running.pop(ref)
             try:
                 status = ray.get(ref)
-            except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as err:
+            except ray.exceptions.RayError as err:  # task error, crashed worker, lost object, dead node
                 message = str(err).strip().splitlines()[-1][:300]
                 status = {"key": row.key, "index_row": None,
                           "failure": failure_row(row, "worker", "worker_error", f"{row.path}: {message}")}
@@ -276,12 +275,6 @@ def run_preprocess(job: PreprocessJob) -> Summary:
     if pending:
         _execute(job, pending, tags)
     return _finalize(job, recipe, started)
-
-
-def read_index(root: str) -> pd.DataFrame:
-    loc = storage.locate(root)
-    with loc.fs.open_input_file(loc.join("index.parquet")) as f:
-        return pq.read_table(f).to_pandas()
 
 
 def check_reachable(out: storage.Location) -> None:

@@ -9,15 +9,20 @@ pid frees it at once; from another host a heartbeat older than ``stale_after_s``
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
 import time
 import uuid
 
+import pyarrow.fs as pafs
+
 from pipeline import storage
 
 LOCK_NAME = "_run.lock"
+_HELD: set[str] = set()  # run ids this process holds: its own pid in a lock it does not hold is a reused pid
+log = logging.getLogger(__name__)
 
 
 class RunLockedError(RuntimeError):
@@ -45,16 +50,22 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def _holder(self) -> dict | None:
-        if not storage.exists(self.out.fs, self.path):
+        """The lock's record; None without a lock file; {"heartbeat": mtime} if it cannot be read
+        (a run killed between creating and writing it), which goes stale like a silent heartbeat."""
+        info = self.out.fs.get_file_info(self.path)
+        if info.type == pafs.FileType.NotFound:
             return None
         try:
             return json.loads(storage.read_bytes(self.out.fs, self.path))
         except (ValueError, OSError):
-            return None  # a torn lock file is no evidence of a live run
+            return {"heartbeat": info.mtime.timestamp() if info.mtime else 0.0}
 
     def _is_live(self, holder: dict) -> bool:
         if holder.get("host") == socket.gethostname():
-            return _pid_alive(int(holder.get("pid", -1)))
+            pid = int(holder.get("pid", -1))
+            if pid == os.getpid():
+                return holder.get("run_id") in _HELD
+            return _pid_alive(pid)
         return time.time() - float(holder.get("heartbeat", 0)) < self.stale_after_s
 
     def _write(self) -> None:
@@ -78,18 +89,25 @@ class RunLock:
                 os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 time.sleep(0.5)
-                self._refuse(self._holder() or {"job": "run", "run_id": "starting now"})
+                holder = self._holder() or {}
+                if self._is_live(holder):
+                    self._refuse({"job": "run", "run_id": "starting now", **holder})
         self._write()
+        _HELD.add(self.record["run_id"])
         self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
         self._thread.start()
         return self
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            self._write()
+            try:
+                self._write()
+            except OSError as err:  # keep beating: a silent lock would let another run take over
+                log.warning("could not refresh the run lock %s: %s", self.path, err)
 
     def release(self) -> None:
         self._stop.set()
+        _HELD.discard(self.record["run_id"])
         holder = self._holder()
         if holder and holder.get("run_id") == self.record["run_id"]:
             self.out.fs.delete_file(self.path)

@@ -19,8 +19,8 @@ cuts keys at the first dot):
 
 Members are only ``.npy`` (read with allow_pickle=False after the header's shape is checked
 against the member's size), ``.json`` and ``.jpg``. The reader refuses every other member
-unread, so nothing in a shard is ever unpickled or executed. Tar headers carry fixed
-mtime/owner so a rerun writes byte-identical shards.
+unread, so nothing in a shard is ever unpickled or executed. Tar headers (POSIX pax, so long keys
+fit) carry fixed mtime/owner so a rerun writes byte-identical shards.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def write_shard(
     """
     size = 0
     with storage.atomic_output(location.fs, location.join(name)) as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:  # PAX: names past 100 bytes
             for members in [fourier, *samples]:
                 for member_name, data in members:
                     info = tarfile.TarInfo(member_name)

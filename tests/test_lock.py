@@ -49,3 +49,21 @@ def test_the_heartbeat_keeps_moving(tmp_path):
         first = json.loads((tmp_path / "_run.lock").read_text())["heartbeat"]
         time.sleep(0.5)
         assert json.loads((tmp_path / "_run.lock").read_text())["heartbeat"] > first
+
+
+def test_an_unreadable_lock_file_goes_stale(tmp_path):
+    (tmp_path / "_run.lock").write_bytes(b"")  # killed between creating and writing it
+    with pytest.raises(RunLockedError):
+        RunLock(locate(tmp_path), "train").acquire()
+    old = time.time() - 600
+    import os
+
+    os.utime(tmp_path / "_run.lock", (old, old))
+    RunLock(locate(tmp_path), "train").acquire().release()
+
+
+def test_our_own_pid_in_a_lock_we_do_not_hold_is_a_reused_pid(tmp_path):
+    import os
+
+    _plant(tmp_path, pid=os.getpid(), run_id="from-a-previous-container")
+    RunLock(locate(tmp_path), "train").acquire().release()
