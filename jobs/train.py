@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         with RunLock(out, "train"):
             print(f"train: {info.num_samples} clips in {len(info.shards)} shards, {cfg.train.num_workers} workers "
                   f"({'GPU' if cfg.train.use_gpu else 'CPU'}), {cfg.train.steps} steps -> {out.uri}", flush=True)
-            check_same_run(out, cfg)
+            check_same_run(out, cfg, info)
             fit(cfg, info.root, eval_info.root if args.eval else None, out, cfg.train.num_workers,
                          cfg.train.use_gpu, resources)
     except (RunLockedError, RunMismatchError) as err:

@@ -328,22 +328,25 @@ class RunMismatchError(ValueError):
     """``--out`` holds a run made with another model, recipe or input layout."""
 
 
-# Sections a resumed run must share with its checkpoints; train.* (steps, lr, workers...) may change.
+# Sections a resumed run must share with its checkpoints. train.* may change, but the optimizer and
+# schedule state come from the checkpoint, so a new train.lr or warm-up does not apply to a resume.
 _RUN_DEFINING = ("model", "data", "inputs")
 
 
-def check_same_run(out: storage.Location, cfg: Config) -> None:
-    """Record the run's config on first start; refuse to resume it with a different model or data."""
+def check_same_run(out: storage.Location, cfg: Config, info: DatasetInfo) -> None:
+    """Record the run's config and training set on first start; refuse to resume it with another
+    model, recipe or training set (its shards and sample count fix the data order)."""
     path = out.join("run_config.json")
-    current = to_dict(cfg)
+    current = {**to_dict(cfg), "dataset": {"root": info.root, "shards": len(info.shards),
+                                           "samples": info.num_samples}}
     if storage.exists(out.fs, path):
         held = json.loads(storage.read_bytes(out.fs, path))
-        for section in _RUN_DEFINING:
+        for section in (*_RUN_DEFINING, "dataset"):
             for key, value in current[section].items():
-                if held[section].get(key) != value:
+                if held.get(section, {}).get(key) != value:
                     raise RunMismatchError(
-                        f"{out.uri} holds a run with {section}.{key}={held[section].get(key)!r}, this config has "
-                        f"{value!r}: resume with the run's config or choose a new --out")
+                        f"{out.uri} holds a run with {section}.{key}={held.get(section, {}).get(key)!r}, this run "
+                        f"has {value!r}: resume with the run's config and --train, or choose a new --out")
     storage.write_bytes(out.fs, path, json.dumps(current, indent=2).encode())
 
 

@@ -120,13 +120,15 @@ def _load_parts(out: storage.Location) -> dict[str, dict]:
     return parts
 
 
-def _retry_plan(job: PreprocessJob, parts: dict[str, dict]) -> list[tuple[str, list[ClipRow]]]:
-    """Rows that failed in a clip stage (or whose media was missing) become new shards."""
+def _retry_plan(job: PreprocessJob, parts: dict[str, dict], planned: list[str]) -> list[tuple[str, list[ClipRow]]]:
+    """Rows that failed in a clip stage (or whose media was missing) become new shards, named by
+    a round no earlier plan used (a killed retry may have planned names it never wrote)."""
     by_key = {r.key: r for r in job.rows}
     failed = {f["key"] for p in parts.values() for f in p["failures"]} - {
         row["key"] for p in parts.values() for row in p["samples"]}
     retried = [by_key[k] for k in sorted(failed) if k in by_key and k not in job.missing]
-    round_ = 1 + len({name.rsplit("-", 1)[0] for name in parts if "-retry" in name})
+    used = [int(n.split("-retry")[1].split("-")[0]) for n in planned if f"{job.split}-retry" in n]
+    round_ = 1 + max(used, default=0)
     return plan_shards(retried, job.options.data.shard_size, f"{job.split}-retry{round_}")
 
 
@@ -265,7 +267,8 @@ def run_preprocess(job: PreprocessJob) -> Summary:
     _check_same_dataset(job, job.out.join("_plan.json"), _plan_digest(plan), recipe)
     parts = _load_parts(job.out)
     if job.retry_failed:
-        plan = _retry_plan(job, parts)
+        planned = json.loads(storage.read_bytes(job.out.fs, job.out.join("_plan.json")))["shards"]
+        plan = _retry_plan(job, parts, list(planned))
         _check_same_dataset(job, job.out.join("_plan.json"), _plan_digest(plan), recipe)
     pending = [(name, rows) for name, rows in plan if name[: -len(".tar")] not in parts]
     done = len(plan) - len(pending)
