@@ -99,8 +99,15 @@ def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[BinaryIO]:
         yield f
         f.flush()
         f.seek(0)
-        with fs.open_output_stream(path) as out:
-            shutil.copyfileobj(f, out, 1 << 22)
+        try:
+            with fs.open_output_stream(path) as out:
+                shutil.copyfileobj(f, out, 1 << 22)
+        except BaseException:
+            # pyarrow's S3 stream completes the upload when its block exits, even on an error:
+            # take the partial object back down.
+            with contextlib.suppress(Exception):
+                fs.delete_file(path)
+            raise
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
