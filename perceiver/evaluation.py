@@ -30,12 +30,18 @@ def score(model: AVClassifier, info: DatasetInfo, batch_size: int, crops: int, d
     targets, stats = [], ReadStats()
     for batch in eval_batches(info, model.data, batch_size, crops, stats):
         batch = batch.to(device)
+        rows = batch.labels.shape[0]
         for name in modality_sets:
             keep = MODALITY_SETS[name]
-            present = {m: getattr(batch, f"has_{m}") & (m in keep) for m in ("audio", "video")}
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(batch, present=present).float()
-            probs = torch.sigmoid(logits).view(len(batch), batch.crops, -1).mean(dim=1)
+            logits = []
+            # At most batch_size windows per forward: with 16 crops a batch holds 16x the windows
+            # a training step does, which would not fit where training just fits.
+            for start in range(0, rows, batch_size):
+                part = batch.windows(start, start + batch_size)
+                present = {m: getattr(part, f"has_{m}") & (m in keep) for m in ("audio", "video")}
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits.append(model(part, present=present).float())
+            probs = torch.sigmoid(torch.cat(logits)).view(len(batch), batch.crops, -1).mean(dim=1)
             scores[name].append(probs.cpu().numpy())
         targets.append(batch.labels.view(len(batch), batch.crops, -1)[:, 0].cpu().numpy())
     model.train(was_training)

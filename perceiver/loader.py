@@ -169,6 +169,11 @@ class Batch:
     def __len__(self) -> int:
         return self.labels.shape[0] // self.crops
 
+    def windows(self, start: int, stop: int) -> Batch:
+        """Rows ``start:stop`` (windows, not clips) as a batch of single crops."""
+        cut = {k: getattr(self, k)[start:stop] for k in ("video", "audio", "has_video", "has_audio", "labels")}
+        return Batch(**cut, crops=1)
+
 
 def assemble(samples: Sequence[dict], starts: Sequence[Sequence[int]], data: DataConfig, num_classes: int) -> Batch:
     """Crop each sample's windows and stack them into one batch (clip-major, crops inner)."""
