@@ -15,10 +15,12 @@ cuts keys at the first dot):
                                   video_frames), stored lengths, the modality tags, source
     <key>.audio.npy               int16 (samples,) waveform, or float16 (frames, n_mels) log-mel
     <key>.video.npy               uint8 (frames, size, size, 3)       [encoding "raw"]
-    <key>.video.000000.jpg ...    one JPEG per frame, in order          [encoding "jpeg"]
+    <key>.video.mjpeg             the frames' JPEGs back to back (a Motion-JPEG elementary
+                                  stream); json video.frame_bytes gives each frame's length
+                                  [encoding "jpeg"]
 
 Members are only ``.npy`` (read with allow_pickle=False after the header's shape is checked
-against the member's size), ``.json`` and ``.jpg``. The reader refuses every other member
+against the member's size), ``.json`` and ``.mjpeg``. The reader refuses every other member
 unread, so nothing in a shard is ever unpickled or executed. Tar headers (POSIX pax, so long keys
 fit) carry fixed mtime/owner so a rerun writes byte-identical shards.
 """
@@ -39,10 +41,12 @@ from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from pipeline import storage
 
-SCHEMA_VERSION = 1
+# 2: a clip's JPEG frames in one .mjpeg member (1 had one .jpg member per frame: 250 tar headers
+# per 10 s clip, and tar parsing cost more than decoding the frames a window uses).
+SCHEMA_VERSION = 2
 FOURIER_KEY = "__fourier__"
 MAX_MEMBER_BYTES = 256 << 20
-_SAMPLE_MEMBER = re.compile(r"^(json|audio\.npy|video\.npy|video\.\d{6}\.jpg)$")
+_SAMPLE_MEMBER = re.compile(r"^(json|audio\.npy|video\.npy|video\.mjpeg)$")
 _FOURIER_MEMBER = re.compile(r"^(json|[a-z]+\.npy)$")
 log = logging.getLogger(__name__)
 
@@ -83,11 +87,13 @@ def encode_jpeg_frames(video: np.ndarray, quality: int) -> list[bytes]:
 def sample_members(sample: Sample, video_encoding: str, jpeg_quality: int) -> list[tuple[str, bytes]]:
     """The tar members of one sample, in their fixed order."""
     meta = dict(sample.meta, key=sample.key, schema_version=SCHEMA_VERSION)
-    members = [("json", json.dumps(meta, sort_keys=True).encode()), ("audio.npy", _npy_bytes(sample.audio))]
     if video_encoding == "raw":
-        members.append(("video.npy", _npy_bytes(sample.video)))
+        video = [("video.npy", _npy_bytes(sample.video))]
     else:
-        members += [(f"video.{i:06d}.jpg", b) for i, b in enumerate(encode_jpeg_frames(sample.video, jpeg_quality))]
+        frames = encode_jpeg_frames(sample.video, jpeg_quality)
+        meta["video"] = dict(meta.get("video", {}), frame_bytes=[len(f) for f in frames])
+        video = [("video.mjpeg", b"".join(frames))]
+    members = [("json", json.dumps(meta, sort_keys=True).encode()), ("audio.npy", _npy_bytes(sample.audio)), *video]
     return [(f"{sample.key}.{ext}", data) for ext, data in members]
 
 
@@ -161,7 +167,19 @@ def load_npy(data: bytes, name: str = "member") -> np.ndarray:
     return array.reshape(shape, order="F" if fortran else "C")
 
 
-def decode_jpeg_frames(frames: Sequence[bytes]) -> np.ndarray:
+def split_frames(stream: bytes, frame_bytes: Sequence[int], frames: int, name: str) -> list[memoryview]:
+    """The JPEG of each frame in a ``.mjpeg`` member, without copying, checked against the JSON."""
+    if len(frame_bytes) != frames or sum(frame_bytes) != len(stream) or min(frame_bytes, default=1) <= 0:
+        raise ShardFormatError(f"{name}: video.mjpeg holds {len(stream)} bytes, the JSON lists "
+                               f"{len(frame_bytes)} frames of {sum(frame_bytes)} bytes for {frames} frames")
+    view, out, at = memoryview(stream), [], 0
+    for n in frame_bytes:
+        out.append(view[at:at + n])
+        at += n
+    return out
+
+
+def decode_jpeg_frames(frames: Sequence[bytes | memoryview]) -> np.ndarray:
     """uint8 (frames, H, W, 3) from JPEG bytes (Pillow, libjpeg-turbo; Pillow's
     decompression-bomb limit applies to hostile headers)."""
     return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in frames])
@@ -182,7 +200,7 @@ def _members(path: str, stats: ReadStats, max_member_bytes: int) -> Iterator[dic
                 key, ext = base_plus_ext(info.name)
                 pattern = _FOURIER_MEMBER if key == FOURIER_KEY else _SAMPLE_MEMBER
                 if ext is None or not pattern.match(ext) or info.size > max_member_bytes:
-                    why = "too large" if ext and pattern.match(ext) else "not a .npy/.json/.jpg member"
+                    why = "too large" if ext and pattern.match(ext) else "not a .npy/.json/.mjpeg member"
                     stats.refused_members.append(f"{path}:{info.name} ({why})")
                     log.warning("refused member %s in %s: %s", info.name, path, why)
                     continue
@@ -202,9 +220,7 @@ def _decode(raw: dict, stats: ReadStats, decode_frames: bool) -> dict | None:
         if "video.npy" in raw:
             sample["video"] = load_npy(raw["video.npy"], name + ".video.npy")
         else:
-            frames = [raw[k] for k in sorted(k for k in raw if k.startswith("video.") and k.endswith(".jpg"))]
-            if len(frames) != meta["video"]["frames"]:
-                raise ShardFormatError(f"{name}: {len(frames)} of {meta['video']['frames']} frames present")
+            frames = split_frames(raw["video.mjpeg"], meta["video"]["frame_bytes"], meta["video"]["frames"], name)
             sample["video" if decode_frames else "video_jpeg"] = (
                 decode_jpeg_frames(frames) if decode_frames else frames)
         return sample
@@ -225,7 +241,7 @@ def iter_samples(
 
     ``__key__``, ``__shard__``, ``meta`` (the JSON), ``audio`` (stored array) and ``video``
     (uint8 frames x H x W x 3). With ``decode_frames=False`` JPEG-encoded video comes as
-    ``video_jpeg`` (a list of per-frame bytes) so a reader can decode only the frames it uses.
+    ``video_jpeg`` (a list of per-frame JPEG buffers) so a reader can decode only the frames it uses.
     The ``__fourier__`` entry is never yielded (see ``read_fourier``). Corrupt shards and
     incomplete samples are skipped with a warning and counted in ``stats``.
     """

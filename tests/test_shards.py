@@ -49,7 +49,7 @@ def test_jpeg_frames_decode_close_to_the_source_and_lazily(tmp_path):
     sample = shards.Sample("k", {"labels": [0], "video": {"frames": 4}}, np.zeros(10, np.int16), smooth)
     path = _write(tmp_path, [sample], encoding="jpeg")
     with tarfile.open(path) as tar:
-        assert [m.name for m in tar.getmembers()][-4:] == [f"k.video.{i:06d}.jpg" for i in range(4)]
+        assert [m.name for m in tar.getmembers()][-3:] == ["k.json", "k.audio.npy", "k.video.mjpeg"]
     (read,) = shards.iter_samples([path])
     assert read["video"].shape == smooth.shape and np.abs(read["video"].astype(int) - smooth).mean() < 4
     (lazy,) = shards.iter_samples([path], decode_frames=False)
@@ -168,3 +168,15 @@ def test_object_store_writes_appear_only_when_complete():
     size = shards.write_shard(loc, "t-000000.tar", [], [shards.sample_members(_sample("k", 0), "raw", 90)])
     assert storage.list_files(fs, loc.path) == ["bucket/ds/shards/t-000000.tar"]
     assert len(storage.read_bytes(fs, loc.join("t-000000.tar"))) == size
+
+
+def test_mjpeg_frame_lengths_must_match_the_json(tmp_path):
+    video = np.zeros((4, 16, 16, 3), np.uint8)
+    members = dict(shards.sample_members(shards.Sample("k", {"video": {"frames": 4}}, np.zeros(4, np.int16), video),
+                                         "jpeg", 90))
+    meta = json.loads(members["k.json"])
+    meta["video"]["frame_bytes"][0] += 1  # lengths that no longer add up to the stream
+    members["k.json"] = json.dumps(meta).encode()
+    stats = shards.ReadStats()
+    assert list(shards.iter_samples([_tar_with(tmp_path, members)], stats=stats)) == []
+    assert stats.incomplete_samples == [f"{tmp_path / 'evil.tar'}:k"]
