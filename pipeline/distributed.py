@@ -166,7 +166,8 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
 
     submit_shards_without_tasks()
     while todo or running or writers:
-        while todo and len(running) < in_flight_cap:
+        # Writers hold whole shards: when storage falls behind, stop decoding until it catches up.
+        while todo and len(running) < in_flight_cap and len(writers) < in_flight_cap:
             name, row = todo.popleft()
             status_ref, members_ref = _encode_task.remote(row, job.options, tags)
             running[status_ref] = (name, row, members_ref, time.monotonic())
