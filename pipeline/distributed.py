@@ -113,11 +113,14 @@ def _check_same_dataset(job: PreprocessJob, plan_file: str, digest: dict[str, st
     storage.write_bytes(fs, plan_file, json.dumps(record, sort_keys=True).encode())
 
 
+def _part_names(out: storage.Location) -> set[str]:
+    """Finished shards (without ``.tar``), from one listing: no part body is read."""
+    return {path.rsplit("/", 1)[1][: -len(".json")] for path in storage.list_files(out.fs, out.join(PARTS), ".json")}
+
+
 def _load_parts(out: storage.Location) -> dict[str, dict]:
-    parts = {}
-    for path in storage.list_files(out.fs, out.join(PARTS), ".json"):
-        parts[path.rsplit("/", 1)[1][: -len(".json")]] = json.loads(storage.read_bytes(out.fs, path))
-    return parts
+    return {name: json.loads(storage.read_bytes(out.fs, out.join(PARTS, f"{name}.json")))
+            for name in sorted(_part_names(out))}
 
 
 def _retry_plan(job: PreprocessJob, parts: dict[str, dict], planned: list[str]) -> list[tuple[str, list[ClipRow]]]:
@@ -266,12 +269,12 @@ def run_preprocess(job: PreprocessJob) -> Summary:
     storage.remove_stale_temporaries(job.out.fs, job.out.join("shards"))
     plan = plan_shards(job.rows, data.shard_size, job.split)
     _check_same_dataset(job, job.out.join("_plan.json"), _plan_digest(plan), recipe)
-    parts = _load_parts(job.out)
     if job.retry_failed:
         planned = json.loads(storage.read_bytes(job.out.fs, job.out.join("_plan.json")))["shards"]
-        plan = _retry_plan(job, parts, list(planned))
+        plan = _retry_plan(job, _load_parts(job.out), list(planned))
         _check_same_dataset(job, job.out.join("_plan.json"), _plan_digest(plan), recipe)
-    pending = [(name, rows) for name, rows in plan if name[: -len(".tar")] not in parts]
+    finished = _part_names(job.out)
+    pending = [(name, rows) for name, rows in plan if name[: -len(".tar")] not in finished]
     done = len(plan) - len(pending)
     print(f"preprocess: {len(plan)} shards planned, {done} already complete, {len(pending)} to do "
           f"({sum(len(r) for _, r in pending)} clips) on {int(ray.cluster_resources().get('CPU', 0))} CPUs",
