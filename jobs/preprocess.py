@@ -30,7 +30,7 @@ from pipeline.distributed import (  # noqa: E402
     check_reachable,
     run_preprocess,
 )
-from pipeline.encode import EncodeOptions  # noqa: E402
+from pipeline.encode import EncodeOptions, failure_record  # noqa: E402
 from pipeline.lock import RunLock, RunLockedError  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "audioset.yaml"
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     # --retry-failed fills them in without changing any finished shard).
     by_key = {r.key: r for r in resolved}
     missing_by_id = {(f.ytid, f.start): f for f in missing}
-    missing_rows = {r.key: _failure_dict(missing_by_id[(r.ytid, r.start)], r.key) for r in rows if r.key not in by_key}
+    missing_rows = {r.key: failure_record(missing_by_id[(r.ytid, r.start)], r.key) for r in rows if r.key not in by_key}
     out = storage.locate(args.out)
     job = PreprocessJob(
         out=out, rows=[by_key.get(r.key, r) for r in rows], missing=missing_rows,
-        source_failures=[_failure_dict(f, sources.make_key(f.ytid, f.start)) for f in failures],
+        source_failures=[failure_record(f, sources.make_key(f.ytid, f.start)) for f in failures],
         classes=classes,
         options=EncodeOptions(cfg.data, tuple(cfg.inputs.modalities), args.full_videos),
         split=split, retry_failed=args.retry_failed,
@@ -102,11 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(summary.line(), flush=True)
     return 0
-
-
-def _failure_dict(f: sources.RowFailure, key: str) -> dict:
-    return {"key": key, "ytid": f.ytid, "start_seconds": f.start, "end_seconds": f.end, "stage": f.stage,
-            "error": f.error, "message": f.message, "source": f.source}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from perceiver.config import DataConfig
 from pipeline import features, shards
 from pipeline.decode import DecodeError, decode_clip
-from pipeline.sources import ClipRow
+from pipeline.sources import ClipRow, RowFailure
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,14 @@ class ClipResult:
     members: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+def failure_record(failure: RowFailure, key: str) -> dict:
+    """A failures.parquet row: every stage's failure, from the sources on, takes this one shape."""
+    return {"key": key, "ytid": failure.ytid, "start_seconds": failure.start, "end_seconds": failure.end,
+            "stage": failure.stage, "error": failure.error, "message": failure.message, "source": failure.source}
+
+
 def failure_row(row: ClipRow, stage: str, error: str, message: str) -> dict:
-    return {"ytid": row.ytid, "start_seconds": row.start, "end_seconds": row.end, "stage": stage,
-            "error": error, "message": message, "source": row.source, "key": row.key}
+    return failure_record(RowFailure.for_row(row, stage, error, message), row.key)
 
 
 def encode_clip(row: ClipRow, options: EncodeOptions, tags: dict[str, dict] | None = None) -> ClipResult:
