@@ -17,6 +17,7 @@ from torch import Tensor
 
 from perceiver.classifier import AVClassifier
 from perceiver.config import DataConfig
+from perceiver.evaluation import clip_probabilities
 from perceiver.inputs import ModalitySpec
 from perceiver.loader import Batch, assemble, window_start_frames
 from pipeline import features, shards
@@ -69,8 +70,7 @@ def absent_modalities(sample: dict, modalities: Sequence[str]) -> list[str]:
 @torch.no_grad()
 def clip_scores(model: AVClassifier, batch: Batch) -> np.ndarray:
     """Sigmoid scores (clips, classes), averaged over each clip's crops as evaluation does."""
-    probs = torch.sigmoid(model(batch).float())
-    return probs.view(len(batch), batch.crops, -1).mean(dim=1).cpu().numpy()
+    return clip_probabilities(model(batch), len(batch), batch.crops).cpu().numpy()
 
 
 # ---------------------------------------------------------------- attention maps

@@ -19,6 +19,11 @@ from pipeline.shards import ReadStats
 MODALITY_SETS = {"audio+video": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
 
 
+def clip_probabilities(logits: torch.Tensor, clips: int, crops: int) -> torch.Tensor:
+    """Window logits (clips x crops, C), clip-major -> per-clip sigmoid scores (clips, C), crop-averaged."""
+    return torch.sigmoid(logits.float()).view(clips, crops, -1).mean(dim=1)
+
+
 @torch.no_grad()
 def score(model: AVClassifier, info: DatasetInfo, batch_size: int, crops: int, device: torch.device,
           modality_sets: Sequence[str] = tuple(MODALITY_SETS), autocast_dtype: torch.dtype | None = None,
@@ -41,7 +46,7 @@ def score(model: AVClassifier, info: DatasetInfo, batch_size: int, crops: int, d
                 present = {m: getattr(part, f"has_{m}") & (m in keep) for m in ("audio", "video")}
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logits.append(model(part, present=present).float())
-            probs = torch.sigmoid(torch.cat(logits)).view(len(batch), batch.crops, -1).mean(dim=1)
+            probs = clip_probabilities(torch.cat(logits), len(batch), batch.crops)
             scores[name].append(probs.cpu().numpy())
         targets.append(batch.labels.view(len(batch), batch.crops, -1)[:, 0].cpu().numpy())
     model.train(was_training)
