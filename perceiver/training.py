@@ -169,7 +169,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """The Ray Train worker loop. ``loop_config``: config (dict), train, eval and out (paths/URIs)."""
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     cfg = config_from_dict(loop_config["config"])
     t = cfg.train
@@ -249,7 +248,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 log.add(_eval_record(result, step))
                 _say(f"eval step {step}: audio+video mAP={result['audio+video']['mAP']:.3f}")
         if step % t.checkpoint_every == 0 or step == t.steps:
-            _report(model, optimizer, schedule, step, steps_per_epoch, metrics, rank, log, Checkpoint)
+            _report(model, optimizer, schedule, step, steps_per_epoch, metrics, rank, log)
 
     result = _evaluate(model, eval_info, cfg, device, autocast, rank, world, tuple(evaluation.MODALITY_SETS)) \
         if eval_info is not None else None
@@ -264,8 +263,9 @@ def _barrier(world: int) -> None:
 
 
 def _report(model, optimizer, schedule, step: int, steps_per_epoch: int, metrics: dict, rank: int,
-            log: MetricsLog | None, Checkpoint) -> None:
+            log: MetricsLog | None) -> None:
     import ray.train
+    from ray.train import Checkpoint
 
     if log:
         log.flush()
