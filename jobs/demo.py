@@ -129,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _first_key(dataset: Path) -> str:
-    from perceiver.loader import open_dataset
+    from pipeline.dataset import open_dataset
     from pipeline.shards import iter_samples
 
-    return next(iter_samples(open_dataset(str(dataset)).shards[:1], decode_frames=False))["__key__"]
+    return next(iter_samples(open_dataset(str(dataset)).shards[:1], decode_frames=False)).key
 
 
 if __name__ == "__main__":

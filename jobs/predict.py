@@ -45,16 +45,16 @@ def predict_file(model: AVClassifier, cfg: Config, classes: list[dict], path: st
                  device: torch.device) -> dict:
     """{file, crops, notes, top: [{index, mid, name, score}]}, or {file, error, message} for an unusable file."""
     try:
-        sample = read_clip(path, cfg.data)
+        sample = read_clip(path, cfg.data, model.modalities)
     except DecodeError as err:
         return {"file": path, "error": err.reason, "message": f"cannot decode: {err.detail}"}
     modalities = cfg.inputs.modalities
-    absent = absent_modalities(sample, modalities)
+    absent = absent_modalities(sample, model.modalities)
     if len(absent) == len(modalities):
         return {"file": path, "error": "no_usable_stream",
                 "message": f"no {' or '.join(absent)} stream, and the model uses no other"}
     kept = "+".join(m for m in modalities if m not in absent)
-    scores = clip_scores(model, clip_batch(sample, cfg.data, crops, len(classes)).to(device))[0]
+    scores = clip_scores(model, clip_batch(sample, model.modalities, crops, len(classes)).to(device))[0]
     top = np.argsort(-scores, kind="stable")[:top_k]
     return {"file": path, "crops": crops, "notes": [f"no {m} stream: {kept}-only prediction" for m in absent],
             "top": [{"index": int(i), "mid": classes[i]["mid"], "name": classes[i]["name"],

@@ -22,16 +22,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from perceiver.config import ConfigError, load_config  # noqa: E402
-from pipeline import faults, sources, storage  # noqa: E402
+from pipeline import faults, storage  # noqa: E402
+from pipeline.audioset import read_segments  # noqa: E402
+from pipeline.dataset import DatasetMismatchError  # noqa: E402
 from pipeline.distributed import (  # noqa: E402
-    DatasetMismatchError,
     PreprocessJob,
     StorageError,
     check_reachable,
     run_preprocess,
 )
-from pipeline.encode import EncodeOptions, failure_record  # noqa: E402
+from pipeline.encode import EncodeOptions  # noqa: E402
+from pipeline.labels import load_labels  # noqa: E402
+from pipeline.listfiles import SourceError  # noqa: E402
 from pipeline.lock import RunLock, RunLockedError  # noqa: E402
+from pipeline.manifests import read_manifest  # noqa: E402
+from pipeline.media import resolve_media  # noqa: E402
+from pipeline.recipe import modalities_of  # noqa: E402
+from pipeline.records import as_dict  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "audioset.yaml"
 
@@ -59,31 +66,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.set)
-        classes = sources.load_labels(args.labels)
+        classes = load_labels(args.labels)
         if args.segments:
-            rows, failures = sources.read_segments(args.segments, classes)
+            rows, failures = read_segments(args.segments, classes)
             split = args.split or ("eval" if any("eval" in Path(s).name for s in args.segments) else "train")
         else:
-            rows, failures = sources.read_manifest(args.manifest, classes)
+            rows, failures = read_manifest(args.manifest, classes)
             split = args.split or "train"
         if args.media_dir is None and args.segments:
-            raise sources.SourceError("--media-dir is required with --segments: the folder holding the clips")
-        resolved, missing = sources.resolve_media(rows, args.media_dir, args.media_pattern) if args.media_dir \
-            else sources.resolve_media(rows, str(Path(args.manifest).parent))
-    except (ConfigError, sources.SourceError) as err:
+            raise SourceError("--media-dir is required with --segments: the folder holding the clips")
+        resolved, missing = resolve_media(rows, args.media_dir, args.media_pattern) if args.media_dir \
+            else resolve_media(rows, str(Path(args.manifest).parent))
+    except (ConfigError, SourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # Rows without media stay in the shard plan (so adding the files later and rerunning with
     # --retry-failed fills them in without changing any finished shard).
     by_key = {r.key: r for r in resolved}
-    missing_by_id = {(f.ytid, f.start): f for f in missing}
-    missing_rows = {r.key: failure_record(missing_by_id[(r.ytid, r.start)], r.key) for r in rows if r.key not in by_key}
+    missing_rows = {f.key: as_dict(f) for f in missing}
     out = storage.locate(args.out)
     job = PreprocessJob(
         out=out, rows=[by_key.get(r.key, r) for r in rows], missing=missing_rows,
-        source_failures=[failure_record(f, sources.make_key(f.ytid, f.start)) for f in failures],
+        source_failures=[as_dict(f) for f in failures],
         classes=classes,
-        options=EncodeOptions(cfg.data, tuple(cfg.inputs.modalities), args.full_videos),
+        options=EncodeOptions(cfg.data, tuple(modalities_of(cfg.data, cfg.inputs.modalities)), args.full_videos),
         split=split, retry_failed=args.retry_failed,
         inputs={"segments": args.segments, "manifest": args.manifest, "labels": args.labels,
                 "media_dir": args.media_dir, "media_pattern": args.media_pattern, "full_videos": args.full_videos,

@@ -21,11 +21,13 @@ import ray  # noqa: E402
 import ray.train  # noqa: E402
 
 from perceiver.config import ConfigError, load_config  # noqa: E402
-from perceiver.loader import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
-from perceiver.training import RunMismatchError, check_same_run, fit  # noqa: E402
+from perceiver.run_dir import RunMismatchError, check_same_run  # noqa: E402
+from perceiver.trainer import fit  # noqa: E402
 from pipeline import faults, storage  # noqa: E402
+from pipeline.dataset import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
 from pipeline.distributed import check_reachable  # noqa: E402
 from pipeline.lock import RunLock, RunLockedError  # noqa: E402
+from pipeline.recipe import modalities_of  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("train.use_gpu=true")
     try:
         cfg = load_config(args.config, overrides)
+        modalities = modalities_of(cfg.data, cfg.inputs.modalities)
         info = open_dataset(args.train)
-        check_compatible(info, cfg, "--train")
+        check_compatible(info, cfg.data, modalities, "--train")
         if args.eval:
             eval_info = open_dataset(args.eval)
-            check_compatible(eval_info, cfg, "--eval")
+            check_compatible(eval_info, cfg.data, modalities, "--eval")
             if [c["mid"] for c in eval_info.classes] != [c["mid"] for c in info.classes]:
                 raise DatasetMismatchError(f"--eval {args.eval} has another class list than --train {args.train}")
     except (ConfigError, DatasetMismatchError, FileNotFoundError) as err:
@@ -70,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train: {info.num_samples} clips in {len(info.shards)} shards, {cfg.train.num_workers} workers "
                   f"({'GPU' if cfg.train.use_gpu else 'CPU'}), {cfg.train.steps} steps -> {out.uri}", flush=True)
             check_same_run(out, cfg, info)
-            fit(cfg, info.root, eval_info.root if args.eval else None, out, cfg.train.num_workers,
-                         cfg.train.use_gpu, resources)
+            fit(cfg, train=info.root, eval_=eval_info.root if args.eval else None, out=out,
+                num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources)
     except (RunLockedError, RunMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.eval and storage.exists(out.fs, out.join("eval.json")):
         metrics = json.loads(storage.read_bytes(out.fs, out.join("eval.json")))
-        print("train: eval " + " ".join(f"{k} mAP={metrics[k]['mAP']:.3f}" for k in ("audio+video", "audio", "video")))
+        print("train: eval " + " ".join(f"{k} mAP={v['mAP']:.3f}" for k, v in metrics.items() if "mAP" in v))
     print(f"train: model at {out.uri}/model.pt", flush=True)
     return 0
 

@@ -31,10 +31,11 @@ from perceiver.clips import (  # noqa: E402
     read_clip,
     read_stored_sample,
 )
-from perceiver.loader import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
 from perceiver.plots import plot_attention_audio, plot_attention_video  # noqa: E402
 from perceiver.saved import load_model  # noqa: E402
+from pipeline.dataset import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
 from pipeline.decode import DecodeError  # noqa: E402
+from pipeline.video import Video  # noqa: E402
 
 LATENT_TITLES = {"mean": "mean over latents", "peaked": "most peaked latent"}
 
@@ -85,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         blocks = resolve_blocks(args.blocks, cfg.model.num_blocks)
         if args.data is not None:
             info = open_dataset(args.data)
-            check_compatible(info, cfg, "--data")
+            check_compatible(info, cfg.data, model.modalities, "--data")
             sample = read_stored_sample(info.shards, args.key)
         else:
-            sample = read_clip(args.clip, cfg.data)
+            sample = read_clip(args.clip, cfg.data, model.modalities)
     except DecodeError as err:
         print(f"error: {args.clip}: cannot decode: {err.detail} [{err.reason}]", file=sys.stderr)
         return 1
@@ -96,23 +97,24 @@ def main(argv: list[str] | None = None) -> int:
         # KeyError's str() is the repr of its message: print the message itself.
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
-    for m in absent_modalities(sample, cfg.inputs.modalities):
+    for m in absent_modalities(sample, model.modalities):
         print(f"note: no {m} stream: its tokens carry no content, only position and modality features")
-    batch = clip_batch(sample, cfg.data, 1, len(classes))
+    batch = clip_batch(sample, model.modalities, 1, len(classes))
     grids = attention_grids(model.to(args.device), batch.to(torch.device(args.device)), args.latent)
-    frames, signal = batch.video[0].numpy(), batch.audio[0].numpy()
-    name = sample["__key__"]
+    name = sample.key
+    kinds = {m.name: m for m in model.modalities}
     for b in blocks:
         for modality, grid in grids[b].items():
+            window = batch.content[modality][0].numpy()
             # Scaled per map: a map's pattern lives in small differences between near-uniform weights
             # (the audio plot's axis starts at 0 and would flatten them); the raw range goes in the title.
             title = (f"{name}: block {b} cross-attention on {modality} ({LATENT_TITLES[args.latent]})\n"
                      f"{grid.sum():.0%} of all attention; scaled to [0, 1] from [{grid.min():.2g}, {grid.max():.2g}]")
             out = Path(args.out) / f"attention_block{b}_{modality}.png"
-            if modality == "video":
-                print(plot_attention_video(min_max(grid), frames, out, title=title))
+            if isinstance(kinds[modality], Video):  # frames under the map; a signal's trace or spectrogram otherwise
+                print(plot_attention_video(min_max(grid), window, out, title=title))
             else:
-                print(plot_attention_audio(min_max(grid), signal, out, title=title))
+                print(plot_attention_audio(min_max(grid), window, out, title=title))
     return 0
 
 

@@ -1,23 +1,7 @@
-"""Audio-visual Perceiver: model core, Fourier position features and the multimodal input array."""
+"""Audio-visual Perceiver: the model core and the multimodal input array, on top of ``pipeline``'s modalities."""
 
 from perceiver.config import PerceiverConfig
-from perceiver.fourier import fourier_features
-from perceiver.inputs import (
-    ModalitySpec,
-    MultimodalInput,
-    patchify_audio,
-    patchify_spectrogram,
-    patchify_video,
-)
+from perceiver.inputs import MultimodalInput
 from perceiver.model import Perceiver
 
-__all__ = [
-    "ModalitySpec",
-    "MultimodalInput",
-    "Perceiver",
-    "PerceiverConfig",
-    "fourier_features",
-    "patchify_audio",
-    "patchify_spectrogram",
-    "patchify_video",
-]
+__all__ = ["MultimodalInput", "Perceiver", "PerceiverConfig"]

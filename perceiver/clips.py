@@ -1,9 +1,9 @@
 """One clip -> a model Batch -> scores or cross-attention maps: the library of the predict and visualize jobs.
 
-A media file goes through the very decode and feature stages preprocessing uses
-(``pipeline.decode.decode_clip`` at the recipe, ``pipeline.features.audio_array``), so the model
-sees the same values whether a clip came from a shard or straight from disk; windows are then cut
-and batched by ``perceiver.loader``'s evaluation path (evenly spaced crops).
+A media file goes through the very decode and modality stages preprocessing uses
+(``pipeline.decode.decode_at_recipe``, ``pipeline.encode.clip_sample``), so the model sees the
+same values whether a clip came from a shard or straight from disk; windows are then cut and
+batched by ``perceiver.loader``'s evaluation path (evenly spaced crops).
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import torch
 from torch import Tensor
 
 from perceiver.classifier import AVClassifier
-from perceiver.config import DataConfig
 from perceiver.evaluation import clip_probabilities
-from perceiver.inputs import ModalitySpec
-from perceiver.loader import Batch, assemble, window_start_frames
-from pipeline import features, shards
-from pipeline.decode import decode_clip
+from perceiver.loader import Batch, assemble, window_starts
+from pipeline import shards
+from pipeline.decode import decode_at_recipe
+from pipeline.encode import clip_sample
+from pipeline.modality import Modality, ModalitySpec
+from pipeline.recipe import DataConfig
 
 LATENT_CHOICES = ("mean", "peaked")  # how attention_grids reduces the latent axis
 
@@ -29,42 +30,37 @@ LATENT_CHOICES = ("mean", "peaked")  # how attention_grids reduces the latent ax
 # ---------------------------------------------------------------- clip -> batch
 
 
-def read_clip(path: str | Path, data: DataConfig) -> dict:
-    """Decode a media file into a sample shaped like ``pipeline.shards.iter_samples`` yields.
+def read_clip(path: str | Path, data: DataConfig, modalities: Sequence[Modality]) -> shards.Sample:
+    """Decode a media file into the sample preprocessing would store for it.
 
     Like preprocessing of a trimmed file, the first ``data.segment_seconds`` are decoded; a shorter
     file is zero-padded and its true lengths recorded. Raises ``DecodeError`` for a file that
-    cannot be decoded. ``meta`` holds only the keys the loader's window and batch functions read:
-    preprocessing's full record (pipeline/encode.py) also carries source and storage fields that
-    mean nothing for a file outside a dataset.
+    cannot be decoded. ``meta`` holds no dataset fields (source, labels): nothing of a file outside a
+    dataset.
     """
-    clip = decode_clip(path, start=None, seconds=data.segment_seconds, fps=data.video.fps,
-                       size=data.video.size, sample_rate=data.audio.sample_rate)
-    meta = {"has_audio": clip.has_audio, "has_video": clip.has_video, "audio_samples": clip.audio_samples,
-            "video_frames": clip.video_frames, "labels": [], "video": {"frames": clip.video.shape[0]}}
-    return {"__key__": Path(path).name, "meta": meta, "audio": features.audio_array(clip.audio, data.audio),
-            "video": clip.video}
+    clip = decode_at_recipe(path, data, modalities)
+    return clip_sample(Path(path).name, clip, modalities, {"labels": []})
 
 
-def read_stored_sample(shard_paths: Sequence[str], key: str) -> dict:
+def read_stored_sample(shard_paths: Sequence[str], key: str) -> shards.Sample:
     """The sample ``key`` from a dataset's shards (JPEG frames left encoded: only its window is decoded).
 
     Raises KeyError naming the key when no shard holds it.
     """
     for sample in shards.iter_samples(shard_paths, decode_frames=False):
-        if sample["__key__"] == key:
+        if sample.key == key:
             return sample
     raise KeyError(f"no sample with key {key!r} in {len(shard_paths)} shard(s)")
 
 
-def clip_batch(sample: dict, data: DataConfig, crops: int, num_classes: int) -> Batch:
+def clip_batch(sample: shards.Sample, modalities: Sequence[Modality], crops: int, num_classes: int) -> Batch:
     """``crops`` evenly spaced windows of one sample (the middle one when ``crops`` is 1), as a Batch."""
-    return assemble([sample], [window_start_frames(sample["meta"], data, crops, None)], data, num_classes)
+    return assemble([sample], [window_starts(sample.meta, modalities, crops, None)], modalities, num_classes)
 
 
-def absent_modalities(sample: dict, modalities: Sequence[str]) -> list[str]:
-    """Those of ``modalities`` the sample has no stream for (the model sees them zeroed)."""
-    return [m for m in modalities if not sample["meta"][f"has_{m}"]]
+def absent_modalities(sample: shards.Sample, modalities: Sequence[Modality]) -> list[str]:
+    """Names of those of ``modalities`` the sample has no stream for (the model sees them zeroed)."""
+    return [m.name for m in modalities if not sample.meta[f"has_{m.name}"]]
 
 
 @torch.no_grad()

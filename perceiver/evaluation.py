@@ -1,4 +1,4 @@
-"""Evaluation: multi-crop scores per clip, with both modalities and with each alone.
+"""Evaluation: multi-crop scores per clip, with all modalities and with each alone.
 
 A modality left out is zeroed exactly as video dropout and missing streams are in training, so
 audio-only and video-only evaluation ask the model what it was trained to answer.
@@ -12,11 +12,18 @@ import numpy as np
 import torch
 
 from perceiver.classifier import AVClassifier
-from perceiver.loader import DatasetInfo, eval_batches
+from perceiver.loader import eval_batches
 from perceiver.metrics import multilabel_metrics
+from pipeline.dataset import DatasetInfo
 from pipeline.shards import ReadStats
 
-MODALITY_SETS = {"audio+video": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
+
+def modality_sets(names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The sets evaluated: all modalities together (``"audio+video"``), then each alone when there are several."""
+    sets = {"+".join(names): tuple(names)}
+    if len(names) > 1:
+        sets.update({name: (name,) for name in names})
+    return sets
 
 
 def clip_probabilities(logits: torch.Tensor, clips: int, crops: int) -> torch.Tensor:
@@ -25,25 +32,28 @@ def clip_probabilities(logits: torch.Tensor, clips: int, crops: int) -> torch.Te
 
 
 @torch.no_grad()
-def score(model: AVClassifier, info: DatasetInfo, batch_size: int, crops: int, device: torch.device,
-          modality_sets: Sequence[str] = tuple(MODALITY_SETS), autocast_dtype: torch.dtype | None = None,
+def score(model: AVClassifier, info: DatasetInfo, *, batch_size: int, crops: int, device: torch.device,
+          sets: Sequence[str] | None = None, autocast_dtype: torch.dtype | None = None,
           ) -> tuple[dict[str, np.ndarray], np.ndarray, ReadStats]:
-    """Sigmoid scores (N, C) per modality set, averaged over ``crops`` windows, and targets (N, C)."""
+    """Sigmoid scores (N, C) per modality set (default: all of ``modality_sets``), averaged over
+    ``crops`` windows, and targets (N, C)."""
     was_training = model.training
     model.eval()
-    scores: dict[str, list[np.ndarray]] = {name: [] for name in modality_sets}
+    names = [m.name for m in model.modalities]
+    choices = modality_sets(names)
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in sets or choices}
     targets, stats = [], ReadStats()
-    for batch in eval_batches(info, model.data, batch_size, crops, stats):
+    for batch in eval_batches(info, model.modalities, batch_size, crops, stats):
         batch = batch.to(device)
         rows = batch.labels.shape[0]
-        for name in modality_sets:
-            keep = MODALITY_SETS[name]
+        for name in scores:
+            keep = choices[name]
             logits = []
             # At most batch_size windows per forward: with 16 crops a batch holds 16x the windows
             # a training step does, which would not fit where training just fits.
             for start in range(0, rows, batch_size):
                 part = batch.windows(start, start + batch_size)
-                present = {m: getattr(part, f"has_{m}") & (m in keep) for m in ("audio", "video")}
+                present = {m: part.present[m] & (m in keep) for m in names}
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logits.append(model(part, present=present).float())
             probs = clip_probabilities(torch.cat(logits), len(batch), batch.crops)
@@ -66,8 +76,9 @@ def metrics(scores: dict[str, np.ndarray], targets: np.ndarray, stats: Sequence[
     return result
 
 
-def evaluate(model: AVClassifier, info: DatasetInfo, batch_size: int, crops: int, device: torch.device,
-             modality_sets: Sequence[str] = tuple(MODALITY_SETS), autocast_dtype: torch.dtype | None = None) -> dict:
+def evaluate(model: AVClassifier, info: DatasetInfo, *, batch_size: int, crops: int, device: torch.device,
+             sets: Sequence[str] | None = None, autocast_dtype: torch.dtype | None = None) -> dict:
     """Score every clip of ``info`` in this process and compute the metrics."""
-    scores, targets, stats = score(model, info, batch_size, crops, device, modality_sets, autocast_dtype)
+    scores, targets, stats = score(model, info, batch_size=batch_size, crops=crops, device=device, sets=sets,
+                                   autocast_dtype=autocast_dtype)
     return metrics(scores, targets, [stats], info.root)

@@ -11,77 +11,12 @@ With the paper's audio + video sizes that is 480 + 12,544 = 13,024 tokens of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from perceiver.fourier import fourier_features
-
-VIDEO = "video"  # the modality that video dropout applies to
-
-
-@dataclass(frozen=True)
-class ModalitySpec:
-    """How one modality is laid out as tokens."""
-
-    name: str  # "audio", "video", ...
-    content_channels: int  # C_m, values per patch
-    grid: tuple[int, ...]  # index grid of patches: video (T', H', W'), audio (T',)
-    num_bands: int  # Fourier bands per axis
-    max_resolution: tuple[int, ...] | None = None  # None: the grid itself
-
-    @property
-    def num_tokens(self) -> int:
-        """M_m = prod(grid)."""
-        return math.prod(self.grid)
-
-    @property
-    def fourier_channels(self) -> int:
-        """F_m = len(grid) * (2 * num_bands + 1)."""
-        return len(self.grid) * (2 * self.num_bands + 1)
-
-    def position_features(self) -> Tensor:
-        """(M_m, F_m) float32 Fourier features of the grid, rows in row-major grid order."""
-        return fourier_features(self.grid, self.num_bands, self.max_resolution)
-
-
-def patchify_video(video: Tensor, patch: tuple[int, int, int]) -> Tensor:
-    """Cut video into space-time patches.
-
-    Args:
-        video: (B, T, H, W, C).
-        patch: (pt, ph, pw), each dividing the matching video size.
-
-    Returns:
-        (B, T/pt * H/ph * W/pw, pt*ph*pw*C): tokens in row-major (t, h, w) patch order, as
-        ``fourier_features`` flattens the grid; values within a token in (pt, ph, pw, C) order.
-    """
-    b, t, h, w, c = video.shape
-    pt, ph, pw = patch
-    if t % pt or h % ph or w % pw:
-        raise ValueError(f"patch {tuple(patch)} does not divide video of size {(t, h, w)}")
-    x = video.reshape(b, t // pt, pt, h // ph, ph, w // pw, pw, c)
-    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7)  # (B, T', H', W', pt, ph, pw, C)
-    return x.reshape(b, (t // pt) * (h // ph) * (w // pw), pt * ph * pw * c)
-
-
-def patchify_audio(wave: Tensor, patch: int) -> Tensor:
-    """(B, S) waveform -> (B, S/patch, patch) runs of consecutive samples."""
-    b, s = wave.shape
-    if s % patch:
-        raise ValueError(f"patch {patch} does not divide {s} samples")
-    return wave.reshape(b, s // patch, patch)
-
-
-def patchify_spectrogram(spec: Tensor, patch: int) -> Tensor:
-    """(B, F, n_mels) spectrogram -> (B, F/patch, patch*n_mels): ``patch`` frames per token, frame-major."""
-    b, frames, n_mels = spec.shape
-    if frames % patch:
-        raise ValueError(f"patch {patch} does not divide {frames} frames")
-    return spec.reshape(b, frames // patch, patch * n_mels)
+from pipeline.modality import ModalitySpec
 
 
 class MultimodalInput(nn.Module):
@@ -91,7 +26,7 @@ class MultimodalInput(nn.Module):
         self,
         specs: Sequence[ModalitySpec],
         min_modality_channels: int = 4,
-        video_dropout: float = 0.0,
+        dropout: Mapping[str, float] | None = None,
         position_features: Mapping[str, Tensor] | None = None,
     ):
         """Set up one learned vector and one position-feature buffer per modality.
@@ -99,7 +34,8 @@ class MultimodalInput(nn.Module):
         Args:
             specs: the modalities, in the order their tokens are concatenated.
             min_modality_channels: learned channels of the widest modality.
-            video_dropout: training-time probability of zeroing one example's whole video.
+            dropout: per modality name, the training-time probability of zeroing one example's
+                whole content of that modality (the paper's video dropout).
             position_features: optional precomputed (M_m, F_m) features per modality name
                 (e.g. read from a shard); each must equal the spec's Fourier features.
         """
@@ -107,13 +43,13 @@ class MultimodalInput(nn.Module):
         names = [s.name for s in specs]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"need at least one modality and unique names, got {names}")
-        if not 0.0 <= video_dropout <= 1.0:
-            raise ValueError(f"video_dropout must lie in [0, 1], got {video_dropout}")
+        self.dropout = {name: p for name, p in (dropout or {}).items() if p > 0}
+        if not all(0.0 <= p <= 1.0 for p in self.dropout.values()):
+            raise ValueError(f"dropout probabilities must lie in [0, 1], got {self.dropout}")
         given = dict(position_features or {})
         if unknown := set(given) - set(names):
             raise ValueError(f"position_features for unknown modalities {sorted(unknown)}")
         self.specs = tuple(specs)
-        self.video_dropout = video_dropout
         self.out_channels = (
             max(s.content_channels + s.fourier_channels for s in specs) + min_modality_channels
         )
@@ -148,7 +84,7 @@ class MultimodalInput(nn.Module):
             content: per modality name, (B, M_m, C_m) float patch tokens.
             present: per modality name, (B,) bool, False where a clip lacks that modality; its
                 content is zeroed in training and evaluation alike. Missing = all present.
-            generator: random source for video dropout, on the content's device.
+            generator: random source for modality dropout, on the content's device.
 
         Returns:
             inputs (B, M, out_channels) and mask (B, M) bool, all True (masks are for padding).
@@ -166,8 +102,8 @@ class MultimodalInput(nn.Module):
             keep = torch.ones(b, dtype=torch.bool, device=x.device)
             if spec.name in present:
                 keep = keep & present[spec.name].to(device=x.device, dtype=torch.bool)
-            if spec.name == VIDEO and self.training and self.video_dropout > 0:
-                keep = keep & (torch.rand(b, generator=generator, device=x.device) >= self.video_dropout)
+            if spec.name in self.dropout and self.training:
+                keep = keep & (torch.rand(b, generator=generator, device=x.device) >= self.dropout[spec.name])
             # where, not multiply: content of a missing modality may be garbage, even NaN.
             x = torch.where(keep[:, None, None], x.to(vector.dtype), 0.0)
             position = getattr(self, f"position_{spec.name}").to(vector.dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,9 +131,9 @@ def probe(path: str | Path) -> StreamInfo:
 
 @dataclass
 class DecodedClip:
-    video: np.ndarray  # uint8 (num_frames, size, size, 3), zeros past video_frames
+    video: np.ndarray | None  # uint8 (num_frames, size, size, 3), zeros past video_frames; None: not asked for
     video_frames: int  # frames really decoded
-    audio: np.ndarray  # float32 (num_samples,) mono in [-1, 1], zeros past audio_samples
+    audio: np.ndarray | None  # float32 (num_samples,) mono in [-1, 1], zeros past audio_samples
     audio_samples: int  # samples really decoded
     has_video: bool
     has_audio: bool
@@ -215,29 +215,47 @@ def _decode_audio(path: str | Path, info: StreamInfo, start: float, num_samples:
     return out, at + count if count else 0
 
 
-def decode_clip(path: str | Path, *, start: float | None, seconds: float, fps: float, size: int,
-                sample_rate: int) -> DecodedClip:
+def decode_clip(path: str | Path, *, start: float | None, seconds: float, fps: float | None, size: int,
+                sample_rate: int | None) -> DecodedClip:
     """Decode ``seconds`` from ``start`` (None: the file is already trimmed to its segment).
 
     Video comes at a fixed ``fps`` (the source frame nearest each instant, none past
     the end of the file), shorter side resized to ``size`` and centre-cropped; audio
-    is mono at ``sample_rate``. Missing streams give zeros and a False flag; what lies
-    past the end of the file is zeros, and the true lengths are recorded.
+    is mono at ``sample_rate``; a stream whose rate is None is not decoded. Missing streams
+    give zeros and a False flag; what lies past the end of the file is zeros, and the true
+    lengths are recorded.
     """
     info = probe(path)
-    if not (info.has_video or info.has_audio):
-        raise DecodeError(path, "no_streams", "no audio or video stream")
+    wanted = [kind for kind, rate in (("audio", sample_rate), ("video", fps)) if rate is not None]
+    if not any(getattr(info, f"has_{kind}") for kind in wanted):
+        raise DecodeError(path, "no_streams", f"no {' or '.join(wanted)} stream")
     offset = start or 0.0
-    num_frames, num_samples = round(seconds * fps), round(seconds * sample_rate)
-    if info.has_video:
-        video, video_frames = _decode_video(path, info, offset, num_frames, fps, size)
-    else:
-        video, video_frames = np.zeros((num_frames, size, size, 3), np.uint8), 0
-    if info.has_audio:
-        audio, audio_samples = _decode_audio(path, info, offset, num_samples, sample_rate)
-    else:
-        audio, audio_samples = np.zeros(num_samples, np.float32), 0
+    video, video_frames, audio, audio_samples = None, 0, None, 0
+    if fps is not None:
+        num_frames = round(seconds * fps)
+        if info.has_video:
+            video, video_frames = _decode_video(path, info, offset, num_frames, fps, size)
+        else:
+            video = np.zeros((num_frames, size, size, 3), np.uint8)
+    if sample_rate is not None:
+        num_samples = round(seconds * sample_rate)
+        if info.has_audio:
+            audio, audio_samples = _decode_audio(path, info, offset, num_samples, sample_rate)
+        else:
+            audio = np.zeros(num_samples, np.float32)
     if video_frames == 0 and audio_samples == 0:
         raise DecodeError(path, "empty", f"nothing to decode in {offset:.3f}-{offset + seconds:.3f} s")
     return DecodedClip(video=video, video_frames=video_frames, audio=audio, audio_samples=audio_samples,
                        has_video=info.has_video, has_audio=info.has_audio)
+
+
+def decode_at_recipe(path: str | Path, data, modalities: Sequence, *, start: float | None = None) -> DecodedClip:
+    """Decode the streams ``modalities`` are derived from, at the recipe ``data`` (a DataConfig)."""
+    streams = {s for m in modalities for s in m.streams}
+    return decode_clip(path, start=start, seconds=data.segment_seconds,
+                       fps=data.video.fps if "video" in streams else None, size=data.video.size,
+                       sample_rate=data.audio.sample_rate if "audio" in streams else None)
+
+
+# The decoder preprocessing calls: (path, data, modalities, start=...) -> DecodedClip.
+Decoder = Callable[..., DecodedClip]

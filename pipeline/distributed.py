@@ -16,6 +16,7 @@ A rerun skips finished shards and redoes the rest.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,17 +30,15 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from perceiver.config import to_dict
-from pipeline import faults, features, shards, storage
+from pipeline import faults, modality, records, shards, storage
+from pipeline.dataset import DatasetMismatchError
 from pipeline.encode import EncodeOptions, encode_clip, failure_row, plan_shards
-from pipeline.sources import ClipRow, LabelClass
+from pipeline.labels import LabelClass
+from pipeline.recipe import recipe_record
+from pipeline.records import ClipRow
 
 log = logging.getLogger(__name__)
 PARTS = "_parts"
-
-
-class DatasetMismatchError(RuntimeError):
-    """``--out`` already holds a different dataset."""
 
 
 class StorageError(RuntimeError):
@@ -138,8 +137,7 @@ def _retry_plan(job: PreprocessJob, parts: dict[str, dict], planned: list[str]) 
 def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: dict) -> None:
     """Run the pending shards of ``plan`` on the cluster, writing each shard and its part record."""
     data = job.options.data
-    specs = features.modality_specs(data, job.options.modalities)
-    fourier_ref = ray.put(shards.fourier_members(tags, {s.name: features.position_features(s) for s in specs}))
+    fourier_ref = ray.put(shards.fourier_members(tags, modality.position_features(job.options.modalities)))
     in_flight_cap = data.max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
     todo = collections.deque((name, row) for name, rows in plan for row in rows if row.key not in job.missing)
     results: dict[str, dict[str, tuple]] = {name: {} for name, _ in plan}
@@ -215,15 +213,6 @@ def _write_part(out: storage.Location, name: str, results: dict[str, tuple], siz
     storage.write_bytes(out.fs, out.join(PARTS, name[: -len(".tar")] + ".json"), json.dumps(part).encode())
 
 
-_INDEX_SCHEMA = pa.schema([
-    ("key", pa.string()), ("ytid", pa.string()), ("start_seconds", pa.float64()), ("end_seconds", pa.float64()),
-    ("shard", pa.string()), ("labels", pa.list_(pa.int32())), ("has_audio", pa.bool_()), ("has_video", pa.bool_()),
-    ("audio_samples", pa.int64()), ("video_frames", pa.int64()), ("bytes", pa.int64()), ("source", pa.string())])
-_FAILURE_SCHEMA = pa.schema([
-    ("key", pa.string()), ("ytid", pa.string()), ("start_seconds", pa.float64()), ("end_seconds", pa.float64()),
-    ("stage", pa.string()), ("error", pa.string()), ("message", pa.string()), ("source", pa.string())])
-
-
 def _write_table(out: storage.Location, name: str, rows: list[dict], schema: pa.Schema) -> None:
     table = pa.Table.from_pylist(rows, schema=schema)
     with storage.atomic_output(out.fs, out.join(name)) as f:
@@ -237,8 +226,10 @@ def _finalize(job: PreprocessJob, recipe: dict, started: float) -> Summary:
     # A row retried into a later shard leaves its earlier failure behind: the sample wins.
     failures = [f for p in parts.values() for f in p["failures"] if f["key"] not in sampled]
     failures = sorted({f["key"]: f for f in failures}.values(), key=lambda f: f["key"]) + job.source_failures
-    _write_table(job.out, "index.parquet", samples, _INDEX_SCHEMA)
-    _write_table(job.out, "failures.parquet", failures, _FAILURE_SCHEMA)
+    per_modality = [(c, t) for m in job.options.modalities
+                    for c, t in ((f"has_{m.name}", pa.bool_()), (m.length_key, pa.int64()))]
+    _write_table(job.out, "index.parquet", samples, records.schema(records.IndexRow, per_modality))
+    _write_table(job.out, "failures.parquet", failures, records.FAILURE_SCHEMA)
     by_reason = dict(collections.Counter(f["error"].split(":")[0] for f in failures))
     shard_names = sorted(p["shard"] for p in parts.values() if p["samples"])
     for path in storage.list_files(job.out.fs, job.out.join("shards"), ".tar"):
@@ -253,7 +244,7 @@ def _finalize(job: PreprocessJob, recipe: dict, started: float) -> Summary:
                    "by_reason": by_reason, "shards": len(shard_names),
                    "bytes": int(sum(s["bytes"] for s in samples))},
         "shards": [f"shards/{n}" for n in shard_names],
-        "config": to_dict(job.options.data),
+        "config": dataclasses.asdict(job.options.data),
         "inputs": job.inputs,
     }
     storage.write_bytes(job.out.fs, job.out.join("dataset.json"), json.dumps(dataset, indent=2).encode())
@@ -264,7 +255,7 @@ def run_preprocess(job: PreprocessJob) -> Summary:
     """Plan, skip finished shards, run the rest on Ray, and write index, failures and dataset.json."""
     started = time.time()
     data = job.options.data
-    recipe = features.recipe_record(data, job.options.modalities)
+    recipe = recipe_record(data, job.options.modalities)
     tags = recipe["modalities"]
     storage.remove_stale_temporaries(job.out.fs, job.out.join("shards"))
     plan = plan_shards(job.rows, data.shard_size, job.split)

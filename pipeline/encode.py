@@ -1,4 +1,4 @@
-"""One clip through decode and features into its shard members: the unit of distributed work.
+"""One clip through decode and its modalities into shard members: the unit of distributed work.
 
 ``encode_clip`` is a plain function (no Ray), so a new dataset can call it directly, and it
 never raises for a bad clip: it returns either a sample (members plus an index row) or a
@@ -11,23 +11,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from perceiver.config import DataConfig
-from pipeline import features, shards
-from pipeline.decode import DecodeError, decode_clip
-from pipeline.sources import ClipRow, RowFailure
+from pipeline import modality, shards
+from pipeline.decode import DecodedClip, DecodeError, Decoder, decode_at_recipe
+from pipeline.modality import Modality
+from pipeline.recipe import DataConfig
+from pipeline.records import ClipRow, IndexRow, RowFailure, as_dict
 
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    """Everything ``encode_clip`` needs besides the row: the recipe and how media are laid out."""
+    """Everything ``encode_clip`` needs besides the row: the recipe, its modalities, how media are laid out."""
 
     data: DataConfig
-    modalities: tuple[str, ...] = ("audio", "video")
+    modalities: tuple[Modality, ...]  # pipeline.recipe.modalities_of(data, names)
     full_videos: bool = False  # media files are whole videos: seek to the segment's start
-
-    @property
-    def tags(self) -> dict[str, dict]:
-        return {s.name: features.modality_tag(s) for s in features.modality_specs(self.data, self.modalities)}
+    decoder: Decoder = decode_at_recipe  # a benchmark hands in a stand-in
 
 
 @dataclass
@@ -38,62 +36,42 @@ class ClipResult:
     members: list[tuple[str, bytes]] = field(default_factory=list)
 
 
-def failure_record(failure: RowFailure, key: str) -> dict:
-    """A failures.parquet row: every stage's failure, from the sources on, takes this one shape."""
-    return {"key": key, "ytid": failure.ytid, "start_seconds": failure.start, "end_seconds": failure.end,
-            "stage": failure.stage, "error": failure.error, "message": failure.message, "source": failure.source}
-
-
 def failure_row(row: ClipRow, stage: str, error: str, message: str) -> dict:
-    return failure_record(RowFailure.for_row(row, stage, error, message), row.key)
+    """A failures.parquet row for a clip row."""
+    return as_dict(RowFailure.for_row(row, stage, error, message))
 
 
 def encode_clip(row: ClipRow, options: EncodeOptions, tags: dict[str, dict] | None = None) -> ClipResult:
-    """Decode ``row``'s media at the recipe and encode it as shard members."""
-    data = options.data
+    """Decode ``row``'s media at the recipe and encode each modality as shard members."""
+    mods = options.modalities
     try:
-        clip = decode_clip(row.path, start=row.start if options.full_videos else None,
-                           seconds=data.segment_seconds, fps=data.video.fps, size=data.video.size,
-                           sample_rate=data.audio.sample_rate)
+        clip = options.decoder(row.path, options.data, mods, start=row.start if options.full_videos else None)
     except DecodeError as err:
         return ClipResult(row.key, failure=failure_row(row, "decode", err.reason, str(err)))
-    # A clip shorter than one model window holds no full training example in either modality.
-    window_s = max(data.video.num_frames / data.video.fps, data.audio.num_samples / data.audio.sample_rate)
-    seconds_present = max(clip.video_frames / data.video.fps if clip.has_video else 0.0,
-                          clip.audio_samples / data.audio.sample_rate if clip.has_audio else 0.0)
+    # A clip shorter than one model window holds no full training example in any modality.
+    window_s = mods[0].window_s
+    seconds_present = max(units * m.unit_s if has else 0.0 for m in mods for has, units in [m.real_units(clip)])
     if seconds_present + 1e-6 < window_s:
         return ClipResult(row.key, failure=failure_row(
             row, "decode", "too_short", f"{row.path}: {seconds_present:.2f} s of media, one window needs {window_s:.2f} s"))
-    audio = features.audio_array(clip.audio, data.audio)
-    num_frames = clip.video.shape[0]
-    num_samples = clip.audio.shape[0]
-    meta = {
-        "ytid": row.ytid,
-        "start_seconds": row.start,
-        "end_seconds": row.end,
-        "labels": list(row.labels),
-        "source": row.source,
-        "has_audio": clip.has_audio,
-        "has_video": clip.has_video,
-        "audio_samples": clip.audio_samples,
-        "video_frames": clip.video_frames,
-        "audio_padded": clip.audio_samples < num_samples,
-        "video_padded": clip.video_frames < num_frames,
-        "audio": {"representation": data.audio.representation, "sample_rate": data.audio.sample_rate,
-                  "samples": num_samples, "shape": list(audio.shape), "dtype": str(audio.dtype)},
-        "video": {"encoding": data.video.encoding, "fps": data.video.fps, "size": data.video.size,
-                  "frames": num_frames},
-        "modalities": tags if tags is not None else options.tags,
-    }
-    members = shards.sample_members(shards.Sample(row.key, meta, audio, clip.video),
-                                    data.video.encoding, data.video.jpeg_quality)
-    index_row = {
-        "key": row.key, "ytid": row.ytid, "start_seconds": row.start, "end_seconds": row.end,
-        "labels": list(row.labels), "has_audio": clip.has_audio, "has_video": clip.has_video,
-        "audio_samples": clip.audio_samples, "video_frames": clip.video_frames,
-        "bytes": sum(len(b) for _, b in members), "source": row.source,
-    }
-    return ClipResult(row.key, index_row=index_row, members=members)
+    meta = {"ytid": row.ytid, "start_seconds": row.start, "end_seconds": row.end, "labels": list(row.labels),
+            "source": row.source, "modalities": tags if tags is not None else modality.tags(mods)}
+    sample = clip_sample(row.key, clip, mods, meta)
+    members = shards.sample_members(sample)
+    index_row = as_dict(IndexRow(row.key, row.ytid, row.start, row.end, "", row.labels,
+                                 sum(len(b) for _, b in members), row.source))
+    for m in mods:
+        index_row.update({f"has_{m.name}": sample.meta[f"has_{m.name}"], m.length_key: sample.meta[m.length_key]})
+    return ClipResult(row.key, index_row=dict(index_row, labels=list(row.labels)), members=members)
+
+
+def clip_sample(key: str, clip: DecodedClip, modalities: Sequence[Modality], meta: dict) -> shards.Sample:
+    """A decoded clip as the sample a shard stores: ``meta`` plus each modality's content and record."""
+    meta, content = dict(meta), {}
+    for m in modalities:
+        content[m.name], record = m.encode(clip)
+        meta.update(m.meta_fields(clip, record))
+    return shards.Sample(key, meta, content)
 
 
 def plan_shards(rows: Sequence[ClipRow], shard_size: int, prefix: str) -> list[tuple[str, list[ClipRow]]]:

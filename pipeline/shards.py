@@ -8,16 +8,20 @@ modality, the Fourier position features of the recipe's window grid, once per sh
     __fourier__.<name>.npy        float32 (num_tokens, fourier_channels) for each modality
 
 Then one sample per clip, members named ``<key>.<ext>`` (keys hold no dots, since webdataset
-cuts keys at the first dot):
+cuts keys at the first dot), one member per stored modality (``pipeline.modality``):
 
     <key>.json                    metadata: key, ytid, start/end seconds, labels (class
-                                  indices), has_audio/has_video, true lengths (audio_samples,
-                                  video_frames), stored lengths, the modality tags, source
-    <key>.audio.npy               int16 (samples,) waveform, or float16 (frames, n_mels) log-mel
-    <key>.video.npy               uint8 (frames, size, size, 3)       [encoding "raw"]
-    <key>.video.mjpeg             the frames' JPEGs back to back (a Motion-JPEG elementary
-                                  stream); json video.frame_bytes gives each frame's length
-                                  [encoding "jpeg"]
+                                  indices), source, the modality tags, and per modality
+                                  ``has_<name>``, its true length ``<name>_<unit>``,
+                                  ``<name>_padded`` and its record ``<name>: {...}``
+    <key>.<name>.npy              an array: audio int16 (samples,) waveform or float16
+                                  (frames, n_mels) log-mel; video uint8 (frames, size, size, 3)
+                                  [video encoding "raw"]
+    <key>.<name>.mjpeg            JPEG frames back to back (a Motion-JPEG elementary stream);
+                                  json ``<name>.frames`` and ``<name>.frame_bytes`` give their
+                                  count and each one's length [video encoding "jpeg"]
+
+A recipe stores only its modalities: an audio-only dataset has no video member.
 
 Members are only ``.npy`` (read with allow_pickle=False after the header's shape is checked
 against the member's size), ``.json`` and ``.mjpeg``. The reader refuses every other member
@@ -46,19 +50,24 @@ from pipeline import storage
 SCHEMA_VERSION = 2
 FOURIER_KEY = "__fourier__"
 MAX_MEMBER_BYTES = 256 << 20
-_SAMPLE_MEMBER = re.compile(r"^(json|audio\.npy|video\.npy|video\.mjpeg)$")
-_FOURIER_MEMBER = re.compile(r"^(json|[a-z]+\.npy)$")
+_SAMPLE_MEMBER = re.compile(r"^(json|[a-z][a-z0-9_]*\.(npy|mjpeg))$")
+_FOURIER_MEMBER = re.compile(r"^(json|[a-z][a-z0-9_]*\.npy)$")
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Sample:
-    """One clip as stored: metadata plus the stored arrays of each modality."""
+    """One clip as stored: what the writer takes and the reader yields.
+
+    ``content`` holds each modality's stored content by name: an array, or a list of JPEG frames
+    (bytes when written; zero-copy memoryviews when read, or one decoded uint8 array with
+    ``decode_frames``).
+    """
 
     key: str
     meta: dict
-    audio: np.ndarray  # int16 (samples,) or float16 (frames, n_mels)
-    video: np.ndarray  # uint8 (frames, size, size, 3)
+    content: dict[str, np.ndarray | list]
+    shard: str | None = None  # the shard it was read from
 
 
 class ShardFormatError(ValueError):
@@ -84,16 +93,17 @@ def encode_jpeg_frames(video: np.ndarray, quality: int) -> list[bytes]:
     return out
 
 
-def sample_members(sample: Sample, video_encoding: str, jpeg_quality: int) -> list[tuple[str, bytes]]:
-    """The tar members of one sample, in their fixed order."""
+def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
+    """The tar members of one sample, in their fixed order: the JSON, then each modality's content."""
     meta = dict(sample.meta, key=sample.key, schema_version=SCHEMA_VERSION)
-    if video_encoding == "raw":
-        video = [("video.npy", _npy_bytes(sample.video))]
-    else:
-        frames = encode_jpeg_frames(sample.video, jpeg_quality)
-        meta["video"] = dict(meta.get("video", {}), frame_bytes=[len(f) for f in frames])
-        video = [("video.mjpeg", b"".join(frames))]
-    members = [("json", json.dumps(meta, sort_keys=True).encode()), ("audio.npy", _npy_bytes(sample.audio)), *video]
+    members = []
+    for name, content in sample.content.items():
+        if isinstance(content, np.ndarray):
+            members.append((f"{name}.npy", _npy_bytes(content)))
+        else:
+            meta[name] = dict(meta.get(name, {}), frames=len(content), frame_bytes=[len(f) for f in content])
+            members.append((f"{name}.mjpeg", b"".join(content)))
+    members.insert(0, ("json", json.dumps(meta, sort_keys=True).encode()))
     return [(f"{sample.key}.{ext}", data) for ext, data in members]
 
 
@@ -170,7 +180,7 @@ def load_npy(data: bytes, name: str = "member") -> np.ndarray:
 def split_frames(stream: bytes, frame_bytes: Sequence[int], frames: int, name: str) -> list[memoryview]:
     """The JPEG of each frame in a ``.mjpeg`` member, without copying, checked against the JSON."""
     if len(frame_bytes) != frames or sum(frame_bytes) != len(stream) or min(frame_bytes, default=1) <= 0:
-        raise ShardFormatError(f"{name}: video.mjpeg holds {len(stream)} bytes, the JSON lists "
+        raise ShardFormatError(f"{name}: the .mjpeg member holds {len(stream)} bytes, the JSON lists "
                                f"{len(frame_bytes)} frames of {sum(frame_bytes)} bytes for {frames} frames")
     view, out, at = memoryview(stream), [], 0
     for n in frame_bytes:
@@ -211,22 +221,27 @@ def _members(path: str, stats: ReadStats, max_member_bytes: int) -> Iterator[dic
     yield {}  # webdataset's end-of-shard marker: samples never span shards
 
 
-def _decode(raw: dict, stats: ReadStats, decode_frames: bool) -> dict | None:
+def _decode(raw: dict, stats: ReadStats, decode_frames: bool) -> Sample | None:
     name = f"{raw['__url__']}:{raw['__key__']}"
     try:
         meta = json.loads(raw["json"])
-        sample = {"__key__": raw["__key__"], "__shard__": raw["__url__"], "meta": meta,
-                  "audio": load_npy(raw["audio.npy"], name + ".audio.npy")}
-        if "video.npy" in raw:
-            sample["video"] = load_npy(raw["video.npy"], name + ".video.npy")
-        else:
-            frames = split_frames(raw["video.mjpeg"], meta["video"]["frame_bytes"], meta["video"]["frames"], name)
-            sample["video" if decode_frames else "video_jpeg"] = (
-                decode_jpeg_frames(frames) if decode_frames else frames)
-        return sample
+        content = {}
+        for ext, data in raw.items():
+            modality, _, kind = ext.partition(".")
+            if kind == "npy":
+                content[modality] = load_npy(data, f"{name}.{ext}")
+            elif kind == "mjpeg":
+                record = meta[modality]
+                frames = split_frames(data, record["frame_bytes"], record["frames"], f"{name}.{ext}")
+                content[modality] = decode_jpeg_frames(frames) if decode_frames else frames
+        # Every modality the JSON declares (has_<name>) must be stored, or the sample is incomplete.
+        if missing := [k[4:] for k in meta if k.startswith("has_") and k[4:] not in content]:
+            raise ShardFormatError(f"no {missing[0]} member, though the JSON declares that modality")
+        return Sample(raw["__key__"], meta, content, raw["__url__"])
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         stats.incomplete_samples.append(name)
-        log.warning("skipping sample %s: %s", name, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        why = f"no {err.args[0]!r} entry" if isinstance(err, KeyError) else str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning("skipping sample %s: %s", name, why)
         return None
 
 
@@ -236,12 +251,11 @@ def iter_samples(
     decode_frames: bool = True,
     stats: ReadStats | None = None,
     max_member_bytes: int = MAX_MEMBER_BYTES,
-) -> Iterator[dict]:
-    """Yield each sample of the given shards, in order, as a dict:
+) -> Iterator[Sample]:
+    """Yield each ``Sample`` of the given shards, in order.
 
-    ``__key__``, ``__shard__``, ``meta`` (the JSON), ``audio`` (stored array) and ``video``
-    (uint8 frames x H x W x 3). With ``decode_frames=False`` JPEG-encoded video comes as
-    ``video_jpeg`` (a list of per-frame JPEG buffers) so a reader can decode only the frames it uses.
+    JPEG frames come decoded (uint8 frames x H x W x 3); with ``decode_frames=False`` they stay a
+    list of per-frame JPEG buffers, so a reader can decode only the frames it uses.
     The ``__fourier__`` entry is never yielded (see ``read_fourier``). Corrupt shards and
     incomplete samples are skipped with a warning and counted in ``stats``.
     """

@@ -30,7 +30,7 @@ from typing import Literal, NamedTuple
 import av
 import numpy as np
 
-from pipeline.sources import make_key
+from pipeline.keys import make_key
 from pipeline.synthetic import CLASSES, write_clip
 
 SEGMENT_SECONDS = 2.0  # the tiny recipe's segment; one model window is 1 s

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from perceiver.config import load_config
-from perceiver.recipe import modality_specs
-from pipeline import features, shards
-from pipeline.sources import load_labels, read_segments
+from pipeline import modality, shards
+from pipeline.audioset import read_segments
+from pipeline.labels import load_labels
+from pipeline.recipe import modalities_of
 
 pytestmark = pytest.mark.slow
 
@@ -41,13 +42,15 @@ def test_shards_carry_the_models_fourier_features_once_per_shard(e2e):
     dataset = json.loads((e2e.train / "dataset.json").read_text())
     for shard in dataset["shards"]:
         tags, feats = shards.read_fourier(str(e2e.train / shard))
-        for spec in modality_specs(cfg.data, cfg.inputs.modalities):
-            assert tags[spec.name]["id"] == features.MODALITY_IDS[spec.name]
-            assert tags[spec.name]["grid"] == list(spec.grid)
-            np.testing.assert_array_equal(feats[spec.name], features.position_features(spec))
+        mods = modalities_of(cfg.data, cfg.inputs.modalities)
+        expected = modality.position_features(mods)
+        for m in mods:
+            assert tags[m.name]["id"] == {"audio": 0, "video": 1}[m.name]  # stable ids: part of the shard contract
+            assert tags[m.name]["grid"] == list(m.spec.grid)
+            np.testing.assert_array_equal(feats[m.name], expected[m.name])
     sample = next(shards.iter_samples([str(e2e.train / dataset["shards"][0])]))
-    assert set(sample["meta"]["modalities"]) == {"audio", "video"}
-    assert sample["video"].shape == (16, 32, 32, 3) and sample["audio"].shape == (200, 32)
+    assert set(sample.meta["modalities"]) == {"audio", "video"}
+    assert sample.content["video"].shape == (16, 32, 32, 3) and sample.content["audio"].shape == (200, 32)
 
 
 def test_training_reaches_the_tiny_target_and_fuses_modalities(e2e):

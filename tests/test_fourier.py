@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver.fourier import fourier_features
+from pipeline.fourier import fourier_features
 
 
 def reference(index_dims, num_bands, max_resolution=None, concat_pos=True, sine_only=False) -> np.ndarray:

@@ -202,7 +202,7 @@ def test_samples_record_the_media_they_really_hold(run: Run, outputs: Outputs) -
 
 def _check_sample(sample: dict, index_row: dict) -> list[str]:
     """Stored arrays against the recorded true lengths and padding flags; problems found."""
-    meta, audio, video = sample["meta"], sample["audio"], sample["video"]
+    meta, audio, video = sample.meta, sample.content["audio"], sample.content["video"]
     problems = []
     if {k: meta[k] for k in ("has_audio", "has_video", "audio_samples", "video_frames")} != {
             k: index_row[k] for k in ("has_audio", "has_video", "audio_samples", "video_frames")}:
@@ -248,11 +248,11 @@ def test_shards_are_complete_and_their_arrays_match_the_lengths(run: Run, output
     stats = ReadStats()
     seen, problems = [], []
     for sample in _stored_samples(run, outputs, stats):
-        key = sample["__key__"]
+        key = sample.key
         seen.append(key)
         row = index.get(key)
-        if row is None or Path(sample["__shard__"]).name != row["shard"]:
-            problems.append(f"{key}: in {sample['__shard__']}, index says {row and row['shard']}")
+        if row is None or Path(sample.shard).name != row["shard"]:
+            problems.append(f"{key}: in {sample.shard}, index says {row and row['shard']}")
             continue
         problems += [f"{key}: {p}" for p in _check_sample(sample, row)]
     assert not (stats.bad_shards or stats.incomplete_samples or stats.refused_members), stats
@@ -277,10 +277,10 @@ def test_sound_stays_in_sync_with_the_picture(run: Run, outputs: Outputs) -> Non
     by_source = run.corpus.by_source()
     wrong = []
     for sample in _stored_samples(run, outputs):
-        expected = by_source[sample["meta"]["source"]]
-        if not sample["meta"]["has_audio"] or expected.media is None:
+        expected = by_source[sample.meta["source"]]
+        if not sample.meta["has_audio"] or expected.media is None:
             continue
-        levels = sample["audio"].astype(np.float32).mean(axis=1)  # mean log-mel of each frame
+        levels = sample.content["audio"].astype(np.float32).mean(axis=1)  # mean log-mel of each frame
         media = expected.media
         before = levels[:frame(media.audio_from - SYNC_MARGIN_S)]
         during = levels[frame(media.audio_from + SYNC_MARGIN_S):frame(media.audio - SYNC_MARGIN_S)]

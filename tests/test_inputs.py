@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver import (
-    ModalitySpec,
-    MultimodalInput,
-    fourier_features,
-    patchify_audio,
-    patchify_spectrogram,
-    patchify_video,
-)
+from perceiver import MultimodalInput
+from pipeline.audio import patchify_audio, patchify_spectrogram
+from pipeline.fourier import fourier_features
+from pipeline.modality import ModalitySpec
+from pipeline.video import patchify_video
 
 
 def paper_specs() -> list[ModalitySpec]:
@@ -105,7 +102,7 @@ def video_zeroed(inputs: torch.Tensor) -> torch.Tensor:
 
 
 def test_video_dropout_in_training_only():
-    module = MultimodalInput(small_specs(), video_dropout=0.3)
+    module = MultimodalInput(small_specs(), dropout={"video": 0.3})
     content = small_content(2000)
     inputs, _ = module(content, generator=torch.Generator().manual_seed(0))
     dropped = video_zeroed(inputs)
@@ -125,7 +122,7 @@ def test_video_dropout_in_training_only():
 
 @pytest.mark.parametrize("training", [False, True])
 def test_absent_modality_is_zeroed_in_train_and_eval(training):
-    module = MultimodalInput(small_specs(), video_dropout=0.0).train(training)
+    module = MultimodalInput(small_specs(), dropout={"video": 0.0}).train(training)
     content = small_content(3)
     content["video"][1] = float("nan")  # a missing modality's content may be anything
     inputs, _ = module(content, present={"video": torch.tensor([True, False, True])})

@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from perceiver.config import load_config
-from perceiver.loader import (
-    DatasetMismatchError,
-    TrainStream,
-    check_compatible,
-    eval_batches,
-    open_dataset,
-    rank_shards,
-    train_batches,
-)
+from perceiver.loader import TrainStream, eval_batches, rank_shards, train_batches
+from pipeline.dataset import DatasetMismatchError, check_compatible, open_dataset
+from pipeline.recipe import modalities_of
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +26,14 @@ def cfg():
 
 def _stream(info, cfg, rank: int, world: int = 2, epoch: int = 0, steps: int = 5, skip: int = 0, seed: int = 0,
             workers: int = 0):
-    return TrainStream(info, cfg.data, cfg.train.batch_size, seed, epoch, rank, world, steps, skip,
-                       cfg.train.shuffle_buffer, workers)
+    return TrainStream(info, modalities_of(cfg.data, cfg.inputs.modalities), batch_size=cfg.train.batch_size,
+                       seed=seed, epoch=epoch, rank=rank, world=world, steps=steps, skip=skip,
+                       shuffle_buffer=cfg.train.shuffle_buffer, loader_workers=workers)
 
 
 def _fingerprint(batches) -> list[tuple]:
-    return [(round(float(b.audio.sum()), 3), int(b.video.float().sum()), tuple(b.labels.argmax(1).tolist()))
+    return [(round(float(b.content["audio"].sum()), 3), int(b.content["video"].float().sum()),
+             tuple(b.labels.argmax(1).tolist()))
             for b in batches]
 
 
@@ -79,30 +75,30 @@ def test_loader_workers_read_their_own_shards_and_replay_exactly(info, cfg):
 
 def test_batches_hold_windows_of_the_recipe(info, cfg):
     batch = next(iter(_stream(info, cfg, 0)))
-    assert batch.video.shape == (4, 8, 32, 32, 3) and batch.video.dtype == torch.uint8
-    assert batch.audio.shape == (4, 100, 32) and batch.labels.shape == (4, 8)
-    assert batch.has_audio.all() and batch.has_video.all()
+    assert batch.content["video"].shape == (4, 8, 32, 32, 3) and batch.content["video"].dtype == torch.uint8
+    assert batch.content["audio"].shape == (4, 100, 32) and batch.labels.shape == (4, 8)
+    assert batch.present["audio"].all() and batch.present["video"].all()
 
 
 def test_eval_batches_cover_every_clip_once_with_crops(micro_data, cfg):
     eval_info = open_dataset(str(micro_data.eval))
-    batches = list(eval_batches(eval_info, cfg.data, batch_size=3, crops=2))
+    batches = list(eval_batches(eval_info, modalities_of(cfg.data, cfg.inputs.modalities), batch_size=3, crops=2))
     assert sum(len(b) for b in batches) == eval_info.num_samples == 8
-    assert all(b.video.shape[0] == 2 * len(b) for b in batches)
+    assert all(b.content["video"].shape[0] == 2 * len(b) for b in batches)
 
 
 def test_a_config_that_does_not_match_the_shards_names_the_field(info):
     other = load_config("configs/micro.yaml", ["data.audio.n_mels=64"])
     with pytest.raises(DatasetMismatchError, match=r"audio\.n_mels=32 .* 64"):
-        check_compatible(info, other)
-    check_compatible(info, load_config("configs/tiny.yaml"))  # same recipe, other model: fine
+        check_compatible(info, other.data, modalities_of(other.data, other.inputs.modalities))
+    tiny = load_config("configs/tiny.yaml")  # same recipe, other model: fine
+    check_compatible(info, tiny.data, modalities_of(tiny.data, tiny.inputs.modalities))
 
 
 def test_fourier_features_from_the_shard_equal_those_computed_on_the_device(info, cfg):
     from perceiver.classifier import AVClassifier
-    from perceiver.training import shard_position_features
 
-    from_shard = shard_position_features(info, cfg)
+    from_shard = info.position_features  # read once, when the dataset is opened
     assert set(from_shard) == {"audio", "video"}
     torch.manual_seed(0)
     a = AVClassifier(cfg, len(info.classes), from_shard).eval()
@@ -111,20 +107,21 @@ def test_fourier_features_from_the_shard_equal_those_computed_on_the_device(info
     batch = next(iter(_stream(info, cfg, 0)))
     with torch.no_grad():
         assert torch.equal(a(batch), b(batch))
-    tampered = {**from_shard, "video": from_shard["video"] + 1e-3}
+    tampered = {**from_shard, "video": from_shard["video"] + np.float32(1e-3)}
     with pytest.raises(ValueError, match="video"):
         AVClassifier(cfg, len(info.classes), tampered)
 
 
 def test_a_damaged_frame_makes_the_video_absent_not_the_run_crash(cfg):
     from perceiver.loader import assemble
-    from pipeline.shards import encode_jpeg_frames
+    from pipeline.shards import Sample, encode_jpeg_frames
 
     frames = encode_jpeg_frames(np.full((16, 32, 32, 3), 128, np.uint8), 90)
     frames[3] = frames[3][: len(frames[3]) // 3]  # an intact tar holding a cut JPEG
     meta = {"has_audio": True, "has_video": True, "video_frames": 16, "audio_samples": 32000,
             "video": {"frames": 16}, "labels": [1]}
-    damaged = {"__key__": "k", "meta": meta, "video_jpeg": frames, "audio": np.zeros((200, 32), np.float16)}
-    batch = assemble([damaged], [[0, 8]], cfg.data, num_classes=8)
-    assert batch.has_video.tolist() == [False, True]  # the window holding frame 3 only
-    assert batch.has_audio.tolist() == [True, True] and batch.video[0].sum() == 0
+    damaged = Sample("k", meta, {"audio": np.zeros((200, 32), np.float16), "video": frames})
+    mods = modalities_of(cfg.data, cfg.inputs.modalities)
+    batch = assemble([damaged], [[0, 8 / cfg.data.video.fps]], mods, num_classes=8)
+    assert batch.present["video"].tolist() == [False, True]  # the window holding frame 3 only
+    assert batch.present["audio"].tolist() == [True, True] and batch.content["video"][0].sum() == 0

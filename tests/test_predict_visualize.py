@@ -23,11 +23,12 @@ from perceiver.clips import (
     split_tokens,
 )
 from perceiver.config import Config, load_config
-from perceiver.loader import open_dataset
 from perceiver.saved import save_model
-from pipeline import features, shards, storage
+from pipeline import modality, shards, storage
+from pipeline.dataset import open_dataset
 from pipeline.encode import EncodeOptions, encode_clip
-from pipeline.sources import ClipRow
+from pipeline.recipe import recipe_record
+from pipeline.records import ClipRow
 from pipeline.synthetic import write_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,8 +104,9 @@ def test_predict_json_matches_the_library_and_a_missing_checkpoint_exits_2(setup
     assert result.returncode == 1
     good, bad = (json.loads(line) for line in result.stdout.splitlines())
     assert bad == {"file": str(setup.clips["bad"]), "error": "unreadable", "message": bad["message"]}
-    batch = clip_batch(read_clip(setup.clips["av"], setup.cfg.data), setup.cfg.data, crops, 8)
-    assert batch.crops == crops and batch.video.shape[0] == crops
+    mods = setup.model.modalities
+    batch = clip_batch(read_clip(setup.clips["av"], setup.cfg.data, mods), mods, crops, 8)
+    assert batch.crops == crops and batch.content["video"].shape[0] == crops
     with torch.no_grad():
         expected = torch.sigmoid(setup.model(batch)).mean(dim=0).numpy()
     assert good["notes"] == [] and len(good["top"]) == 5
@@ -130,7 +132,8 @@ def test_visualize_writes_first_and_last_block_for_both_modalities(setup: Setup,
 
 
 def test_attention_grids_have_the_spec_shapes_and_sum_to_one(setup: Setup) -> None:
-    batch = clip_batch(read_clip(setup.clips["av"], setup.cfg.data), setup.cfg.data, 1, 8)
+    mods = setup.model.modalities
+    batch = clip_batch(read_clip(setup.clips["av"], setup.cfg.data, mods), mods, 1, 8)
     specs = setup.model.inputs.specs
     with torch.no_grad():
         _, maps = setup.model(batch, return_attention=True)
@@ -168,23 +171,23 @@ def test_split_tokens_follows_the_model_order_and_row_major_grids(setup: Setup) 
 def test_a_file_gives_the_same_windows_as_its_preprocessed_sample_and_visualize_reads_it(
         setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg, key = setup.cfg, "clip_av"
-    options = EncodeOptions(cfg.data, tuple(cfg.inputs.modalities))
+    mods = setup.model.modalities
+    options = EncodeOptions(cfg.data, tuple(mods))
     row = ClipRow(key, "clip", None, None, (0, 4), str(setup.clips["av"]), "test:1")
     encoded = encode_clip(row, options)
     data = storage.locate(tmp_path / "data")
-    specs = features.modality_specs(cfg.data, cfg.inputs.modalities)
-    fourier = shards.fourier_members(options.tags, {s.name: features.position_features(s) for s in specs})
+    fourier = shards.fourier_members(modality.tags(mods), modality.position_features(mods))
     shards.write_shard(data, "shards/t-000000.tar", fourier, [encoded.members])
-    dataset = {"schema_version": shards.SCHEMA_VERSION, "recipe": features.recipe_record(cfg.data, options.modalities),
+    dataset = {"schema_version": shards.SCHEMA_VERSION, "recipe": recipe_record(cfg.data, mods),
                "classes": [{"index": i, "mid": f"/m/{i}", "name": f"class {i}"} for i in range(8)],
                "counts": {"samples": 1}, "shards": ["shards/t-000000.tar"]}
     storage.write_bytes(data.fs, data.join("dataset.json"), json.dumps(dataset).encode())
 
     stored = read_stored_sample(open_dataset(data.uri).shards, key)
-    from_shard = clip_batch(stored, cfg.data, 2, 8)
-    from_file = clip_batch(read_clip(setup.clips["av"], cfg.data), cfg.data, 2, 8)
-    np.testing.assert_array_equal(from_file.video.numpy(), from_shard.video.numpy())
-    np.testing.assert_array_equal(from_file.audio.numpy(), from_shard.audio.numpy())
+    from_shard = clip_batch(stored, mods, 2, 8)
+    from_file = clip_batch(read_clip(setup.clips["av"], cfg.data, mods), mods, 2, 8)
+    for name in ("video", "audio"):
+        np.testing.assert_array_equal(from_file.content[name].numpy(), from_shard.content[name].numpy())
 
     out = tmp_path / "pngs"
     assert visualize.main(["--checkpoint", str(setup.checkpoint), "--data", data.uri, "--key", key,

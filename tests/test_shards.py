@@ -20,13 +20,19 @@ def _sample(key: str, seed: int, frames: int = 6) -> shards.Sample:
     audio = rng.integers(-32768, 32767, size=(4000,), dtype=np.int16)
     meta = {"labels": [seed % 3], "has_audio": True, "has_video": True, "audio_samples": 4000,
             "video_frames": frames, "video": {"frames": frames}}
-    return shards.Sample(key, meta, audio, video)
+    return shards.Sample(key, meta, {"audio": audio, "video": video})
 
 
-def _write(tmp_path: Path, samples, encoding: str = "raw", name: str = "t-000000.tar") -> str:
+def _jpeg(sample: shards.Sample) -> shards.Sample:
+    """The sample with its video stored as JPEG frames, as the video modality's jpeg encoding stores it."""
+    return shards.Sample(sample.key, sample.meta,
+                         {**sample.content, "video": shards.encode_jpeg_frames(sample.content["video"], 90)})
+
+
+def _write(tmp_path: Path, samples, name: str = "t-000000.tar") -> str:
     loc = storage.locate(tmp_path)
     fourier = shards.fourier_members({"audio": {"grid": [5]}}, {"audio": np.arange(15, dtype=np.float32).reshape(5, 3)})
-    shards.write_shard(loc, name, fourier, [shards.sample_members(s, encoding, 90) for s in samples])
+    shards.write_shard(loc, name, fourier, [shards.sample_members(s) for s in samples])
     return str(tmp_path / name)
 
 
@@ -34,11 +40,11 @@ def test_round_trip_is_identical(tmp_path):
     written = [_sample("-a_b-c", 0), _sample("x_1000", 1)]
     path = _write(tmp_path, written)
     read = list(shards.iter_samples([path]))
-    assert [s["__key__"] for s in read] == ["-a_b-c", "x_1000"]
+    assert [s.key for s in read] == ["-a_b-c", "x_1000"]
     for w, r in zip(written, read, strict=True):
-        np.testing.assert_array_equal(r["video"], w.video)
-        np.testing.assert_array_equal(r["audio"], w.audio)
-        assert r["meta"]["labels"] == w.meta["labels"] and r["meta"]["key"] == w.key
+        np.testing.assert_array_equal(r.content["video"], w.content["video"])
+        np.testing.assert_array_equal(r.content["audio"], w.content["audio"])
+        assert r.meta["labels"] == w.meta["labels"] and r.meta["key"] == w.key
     tags, feats = shards.read_fourier(path)
     assert tags == {"audio": {"grid": [5]}}
     np.testing.assert_array_equal(feats["audio"], np.arange(15, dtype=np.float32).reshape(5, 3))
@@ -46,14 +52,16 @@ def test_round_trip_is_identical(tmp_path):
 
 def test_jpeg_frames_decode_close_to_the_source_and_lazily(tmp_path):
     smooth = np.tile(np.linspace(0, 255, 16, dtype=np.uint8)[None, None, :, None], (4, 16, 1, 3))
-    sample = shards.Sample("k", {"labels": [0], "video": {"frames": 4}}, np.zeros(10, np.int16), smooth)
-    path = _write(tmp_path, [sample], encoding="jpeg")
+    sample = _jpeg(shards.Sample("k", {"labels": [0], "video": {"frames": 4}},
+                                 {"audio": np.zeros(10, np.int16), "video": smooth}))
+    path = _write(tmp_path, [sample])
     with tarfile.open(path) as tar:
         assert [m.name for m in tar.getmembers()][-3:] == ["k.json", "k.audio.npy", "k.video.mjpeg"]
     (read,) = shards.iter_samples([path])
-    assert read["video"].shape == smooth.shape and np.abs(read["video"].astype(int) - smooth).mean() < 4
+    video = read.content["video"]
+    assert video.shape == smooth.shape and np.abs(video.astype(int) - smooth).mean() < 4
     (lazy,) = shards.iter_samples([path], decode_frames=False)
-    assert len(lazy["video_jpeg"]) == 4 and "video" not in lazy
+    assert len(lazy.content["video"]) == 4 and all(isinstance(f, memoryview) for f in lazy.content["video"])
 
 
 def test_rewriting_gives_byte_identical_shards(tmp_path):
@@ -66,7 +74,7 @@ def test_a_failed_write_leaves_nothing_under_the_shard_name(tmp_path):
     loc = storage.locate(tmp_path)
 
     def exploding():
-        yield shards.sample_members(_sample("k", 0), "raw", 90)
+        yield shards.sample_members(_sample("k", 0))
         raise RuntimeError("killed mid-shard")
 
     with pytest.raises(RuntimeError):
@@ -96,11 +104,11 @@ class _Payload:
 def test_pickled_members_are_never_unpickled(tmp_path, ext):
     marker = tmp_path / f"executed-{ext}"
     payload = pickle.dumps(_Payload(str(marker)))
-    good = dict(shards.sample_members(_sample("ok", 0), "raw", 90))
+    good = dict(shards.sample_members(_sample("ok", 0)))
     path = _tar_with(tmp_path, {**good, f"ok.{ext}": payload, f"evil.{ext}": payload})
     stats = shards.ReadStats()
     read = list(shards.iter_samples([path], stats=stats))
-    assert [s["__key__"] for s in read] == ["ok"]
+    assert [s.key for s in read] == ["ok"]
     assert not marker.exists()
     assert len(stats.refused_members) == 2
 
@@ -137,9 +145,9 @@ def test_truncated_shard_is_skipped_and_counted(tmp_path):
     stats = shards.ReadStats()
     read = list(shards.iter_samples([str(cut), good], stats=stats))
     assert stats.bad_shards == [str(cut)]
-    assert [s["__key__"] for s in read][-3:] == ["k0", "k1", "k2"]
+    assert [s.key for s in read][-3:] == ["k0", "k1", "k2"]
     for s in read:  # whatever came from the cut shard is whole
-        assert s["video"].shape == (6, 16, 16, 3)
+        assert s.content["video"].shape == (6, 16, 16, 3)
 
 
 def test_sample_json_names_modalities(tmp_path):
@@ -147,8 +155,8 @@ def test_sample_json_names_modalities(tmp_path):
     sample.meta["modalities"] = {"audio": {"id": 0, "grid": [5]}}
     path = _write(tmp_path, [sample])
     (read,) = shards.iter_samples([path])
-    assert read["meta"]["modalities"]["audio"]["id"] == 0
-    assert json.loads(json.dumps(read["meta"])) == read["meta"]
+    assert read.meta["modalities"]["audio"]["id"] == 0
+    assert json.loads(json.dumps(read.meta)) == read.meta
 
 
 def test_object_store_writes_appear_only_when_complete():
@@ -159,21 +167,21 @@ def test_object_store_writes_appear_only_when_complete():
     loc = storage.Location(fs, "bucket/ds/shards", "mock://bucket/ds/shards")
 
     def exploding():
-        yield shards.sample_members(_sample("k", 0), "raw", 90)
+        yield shards.sample_members(_sample("k", 0))
         raise RuntimeError("killed mid-shard")
 
     with pytest.raises(RuntimeError):
         shards.write_shard(loc, "t-000000.tar", [], exploding())
     assert storage.list_files(fs, loc.path) == []
-    size = shards.write_shard(loc, "t-000000.tar", [], [shards.sample_members(_sample("k", 0), "raw", 90)])
+    size = shards.write_shard(loc, "t-000000.tar", [], [shards.sample_members(_sample("k", 0))])
     assert storage.list_files(fs, loc.path) == ["bucket/ds/shards/t-000000.tar"]
     assert len(storage.read_bytes(fs, loc.join("t-000000.tar"))) == size
 
 
 def test_mjpeg_frame_lengths_must_match_the_json(tmp_path):
     video = np.zeros((4, 16, 16, 3), np.uint8)
-    members = dict(shards.sample_members(shards.Sample("k", {"video": {"frames": 4}}, np.zeros(4, np.int16), video),
-                                         "jpeg", 90))
+    members = dict(shards.sample_members(_jpeg(shards.Sample("k", {"video": {"frames": 4}},
+                                                             {"audio": np.zeros(4, np.int16), "video": video}))))
     meta = json.loads(members["k.json"])
     meta["video"]["frame_bytes"][0] += 1  # lengths that no longer add up to the stream
     members["k.json"] = json.dumps(meta).encode()

@@ -1,4 +1,4 @@
-"""Tests for pipeline.sources against small real files written to tmp_path."""
+"""Tests for the sources stage (keys, labels, AudioSet lists, manifests, media lookup, records) on real files."""
 
 from __future__ import annotations
 
@@ -9,19 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import sources
-from pipeline.sources import (
-    ClipRow,
-    SourceError,
-    failures_to_table,
-    load_labels,
-    make_key,
-    read_manifest,
-    read_segments,
-    resolve_media,
-    rows_to_table,
-    vggsound_to_manifest,
-)
+from pipeline import records
+from pipeline.audioset import read_segments
+from pipeline.keys import make_key
+from pipeline.labels import LabelClass, load_labels
+from pipeline.listfiles import SourceError
+from pipeline.manifests import read_manifest, vggsound_to_manifest
+from pipeline.media import resolve_media
+from pipeline.records import ClipRow, RowFailure, to_table
 
 # Rows out of index order, and a display name holding a comma.
 LABELS_CSV = """index,mid,display_name
@@ -53,7 +48,7 @@ def write(path: Path, text: str) -> Path:
 
 
 @pytest.fixture
-def classes(tmp_path: Path) -> list[sources.LabelClass]:
+def classes(tmp_path: Path) -> list[LabelClass]:
     return load_labels(write(tmp_path / "class_labels_indices.csv", LABELS_CSV))
 
 
@@ -66,7 +61,7 @@ def one_line_naming(err: pytest.ExceptionInfo[SourceError], path: Path) -> None:
 # ---------------------------------------------------------------------------- labels
 
 
-def test_labels_sorted_by_index_with_commas_in_names(classes: list[sources.LabelClass]) -> None:
+def test_labels_sorted_by_index_with_commas_in_names(classes: list[LabelClass]) -> None:
     assert [(c.index, c.mid, c.name) for c in classes] == [
         (0, "/m/a", "Speech"),
         (1, "/m/b", "Dog"),
@@ -132,7 +127,7 @@ def test_keys_are_dot_free_stable_and_distinct() -> None:
 
 
 def test_read_segments_rows_failures_and_accounting(
-    tmp_path: Path, classes: list[sources.LabelClass]
+    tmp_path: Path, classes: list[LabelClass]
 ) -> None:
     rows, failures = read_segments([write(tmp_path / "bal.csv", SEGMENTS_CSV)], classes)
     assert len(rows) + len(failures) == SEGMENT_DATA_LINES
@@ -156,7 +151,7 @@ def test_read_segments_rows_failures_and_accounting(
     assert (by_source["bal.csv:11"].ytid, by_source["bal.csv:11"].start) == ("abe", 0.0)
 
 
-def test_duplicates_across_files(tmp_path: Path, classes: list[sources.LabelClass]) -> None:
+def test_duplicates_across_files(tmp_path: Path, classes: list[LabelClass]) -> None:
     first = write(tmp_path / "a.csv", '# h\nxyz, 0.000, 10.000, "/m/a"\n')
     second = write(tmp_path / "b.csv", 'xyz, 0.000, 10.000, "/m/b"\nxyz, 10.000, 20.000, "/m/b"\n')
     rows, failures = read_segments([first, second], classes)
@@ -165,7 +160,7 @@ def test_duplicates_across_files(tmp_path: Path, classes: list[sources.LabelClas
 
 
 def test_segments_unclosed_quote_does_not_swallow_next_row(
-    tmp_path: Path, classes: list[sources.LabelClass]
+    tmp_path: Path, classes: list[LabelClass]
 ) -> None:
     path = write(tmp_path / "s.csv", 'aaa, 0.000, 10.000, "/m/a\nbbb, 0.000, 10.000, "/m/b"\n')
     rows, failures = read_segments([path], classes)
@@ -183,7 +178,7 @@ def test_segments_unclosed_quote_does_not_swallow_next_row(
     ],
 )
 def test_unusable_segments_file_is_a_source_error(
-    tmp_path: Path, classes: list[sources.LabelClass], text: str | None, fragment: str
+    tmp_path: Path, classes: list[LabelClass], text: str | None, fragment: str
 ) -> None:
     path = tmp_path / "s.csv"
     if text is not None:
@@ -197,7 +192,7 @@ def test_unusable_segments_file_is_a_source_error(
 # ---------------------------------------------------------------------------- manifests
 
 
-def test_manifest_csv(tmp_path: Path, classes: list[sources.LabelClass]) -> None:
+def test_manifest_csv(tmp_path: Path, classes: list[LabelClass]) -> None:
     (tmp_path / "m").mkdir()
     path = write(
         tmp_path / "m" / "manifest.csv",
@@ -227,7 +222,7 @@ def test_manifest_csv(tmp_path: Path, classes: list[sources.LabelClass]) -> None
     ]
 
 
-def test_manifest_parquet_list_column(tmp_path: Path, classes: list[sources.LabelClass]) -> None:
+def test_manifest_parquet_list_column(tmp_path: Path, classes: list[LabelClass]) -> None:
     path = tmp_path / "manifest.parquet"
     table = pa.table(
         {
@@ -249,7 +244,7 @@ def test_manifest_parquet_list_column(tmp_path: Path, classes: list[sources.Labe
     assert [f.error for f in failures] == ["unknown_label:7"]
 
 
-def test_manifest_errors(tmp_path: Path, classes: list[sources.LabelClass]) -> None:
+def test_manifest_errors(tmp_path: Path, classes: list[LabelClass]) -> None:
     for name, text, fragment in [
         ("gone.csv", None, "not found"),
         ("empty.csv", "", "empty"),
@@ -365,14 +360,15 @@ def test_resolve_media_errors(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- tables
 
 
-def test_tables(classes: list[sources.LabelClass], tmp_path: Path) -> None:
+def test_tables(classes: list[LabelClass], tmp_path: Path) -> None:
     rows, failures = read_segments([write(tmp_path / "bal.csv", SEGMENTS_CSV)], classes)
-    table = rows_to_table(rows)
-    assert table.schema == sources.ROW_SCHEMA
+    table = to_table(rows, ClipRow)
+    assert table.schema == records.ROW_SCHEMA
     assert table.column("labels").to_pylist()[0] == [0, 2]
     assert table.column("path").to_pylist() == [None, None, None]
-    failed = failures_to_table(failures)
+    failed = to_table(failures, RowFailure)
     assert failed.column_names == [
+        "key",
         "ytid",
         "start_seconds",
         "end_seconds",
@@ -382,4 +378,5 @@ def test_tables(classes: list[sources.LabelClass], tmp_path: Path) -> None:
         "source",
     ]
     assert failed.num_rows == len(failures)
-    assert rows_to_table([]).num_rows == 0
+    assert failed.column("key").to_pylist() == [make_key(f.ytid, f.start) for f in failures]
+    assert to_table([], ClipRow).num_rows == 0

@@ -20,9 +20,11 @@ channel. For an index grid with ``d`` axes of sizes ``(n_1, ..., n_d)`` and ``K`
   band. Without ``concat_pos`` every index above drops by ``d``; with ``sine_only`` the
   cosine block is absent, giving ``d * (K + 1)`` channels.
 
-The arguments of sin/cos reach ``pi * R / 2``, about 96,500 for the 61,440-sample audio
-window; float32 has a spacing of about 0.008 there, so the phases are computed in float64
-and only the finished features are rounded to float32.
+The modalities' grids are their patch grids (``pipeline.modality``), so R is at most a few
+hundred per axis (480 audio patches of the paper's 1.28 s window); the phases are still
+computed in float64, so that a per-sample grid (R = 61,440, phases up to about 96,500,
+where float32's spacing is 0.008) stays exact too, and only the finished features are
+rounded to float32.
 """
 
 from __future__ import annotations

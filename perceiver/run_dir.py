@@ -1,0 +1,147 @@
+"""The run directory (``--out``, a path or URI) and its bookkeeping:
+
+    run_config.json      the config of the run; a resume with another model/data/inputs is refused
+    metrics.jsonl        one JSON record per optimizer step (and per evaluation), each step once
+    events.jsonl         one record per start of the worker group: "started", or "resumed" at a step
+    tensorboard/         the same scalars for TensorBoard (local outputs)
+    ray/train/           Ray Train's run state and checkpoints (perceiver.training, perceiver.trainer)
+    model.pt, model.json final weights (a plain state dict) and the config and classes to load them
+    eval.json            final metrics: all modalities together, and each alone
+    plots/               loss and mAP curves, per-class AP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from perceiver import plots
+from perceiver.classifier import AVClassifier
+from perceiver.config import Config, to_dict
+from perceiver.evaluation import modality_sets
+from perceiver.progress import say
+from perceiver.saved import save_model
+from pipeline import storage
+from pipeline.dataset import DatasetInfo
+
+
+def record_event(out: storage.Location, event: str, step: int, world: int) -> None:
+    """Append to ``events.jsonl``: each (re)start of the worker group, so restarts leave a trace."""
+    path = out.join("events.jsonl")
+    old = storage.read_bytes(out.fs, path) if storage.exists(out.fs, path) else b""
+    line = json.dumps({"event": event, "step": step, "workers": world, "time": time.time()}) + "\n"
+    storage.write_bytes(out.fs, path, old + line.encode())
+
+
+class MetricsLog:
+    """``metrics.jsonl`` with each step once: a resumed run first drops records past its checkpoint."""
+
+    def __init__(self, out: storage.Location, resume_step: int):
+        self.out, self.path = out, out.join("metrics.jsonl")
+        self.records: list[dict] = []
+        if storage.exists(out.fs, self.path):
+            lines = storage.read_bytes(out.fs, self.path).decode().splitlines()
+            self.records = [r for r in map(_parse, lines) if r is not None and r.get("step", 0) <= resume_step]
+        self._rewrite()
+        self._file = open(self.path, "a") if out.is_local else None  # noqa: SIM115 (kept open for appends)
+        self.tb = None
+        if out.is_local:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(out.join("tensorboard"), purge_step=resume_step + 1)
+
+    def _rewrite(self) -> None:
+        storage.write_bytes(self.out.fs, self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+
+    def add(self, record: dict) -> None:
+        if "eval_mAP" in record:  # a rerun of a finished run evaluates again: keep one record per step
+            self.records = [r for r in self.records if not (r["step"] == record["step"] and "eval_mAP" in r)]
+        self.records.append(record)
+        if self._file:
+            self._file.write(json.dumps(record) + "\n")
+        if self.tb:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def flush(self) -> None:
+        if self._file:
+            self._file.flush()
+        else:
+            self._rewrite()
+        if self.tb:
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+            self._file = None
+        self._rewrite()  # the appended file may hold a record that add() has since replaced
+        if self.tb:
+            self.tb.close()
+
+
+def _parse(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None  # a line torn by a kill mid-write
+
+
+def eval_record(result: dict, step: int, names: list[str]) -> dict:
+    """Flatten an evaluation into one metrics.jsonl record: all modalities as ``eval_*``, one alone as
+    ``eval_<name>_*``."""
+    record = {"step": step}
+    for i, name in enumerate(n for n in modality_sets(names) if n in result):
+        prefix = "eval_" if i == 0 else f"eval_{name}_"
+        record.update({f"{prefix}mAP": result[name]["mAP"], f"{prefix}auc": result[name]["mean_auc"],
+                       f"{prefix}d_prime": result[name]["d_prime"]})
+    return record
+
+
+def finish(model: AVClassifier, info: DatasetInfo, result: dict | None, cfg: Config, out: storage.Location,
+           log: MetricsLog) -> None:
+    """Rank 0 after the last step: final weights, the final evaluation's record, plots."""
+    save_model(out, model, cfg, list(info.classes), info.recipe, info.root)
+    names = list(cfg.inputs.modalities)
+    sets = list(modality_sets(names))
+    if result is not None:
+        log.add(eval_record(result, cfg.train.steps, names))
+        storage.write_bytes(out.fs, out.join("eval.json"), json.dumps(result, indent=2).encode())
+        say("final eval: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in sets))
+    log.close()
+    if out.is_local:
+        plot_dir = out.join("plots")
+        plots.plot_curves(log.records, f"{plot_dir}/loss.png", ys=("loss",), title="training loss")
+        plots.plot_curves(log.records, f"{plot_dir}/map.png", ys=("eval_mAP", *(f"eval_{n}_mAP" for n in sets[1:])),
+                          title="eval mAP")
+        if result is not None:
+            plots.plot_per_class_ap(result[sets[0]]["per_class_ap"], info.class_names,
+                                    f"{plot_dir}/per_class_ap.png", title=f"per-class AP ({sets[0]})")
+
+
+class RunMismatchError(ValueError):
+    """``--out`` holds a run made with another model, recipe or input layout."""
+
+
+# Sections a resumed run must share with its checkpoints. train.* may change, but the optimizer and
+# schedule state come from the checkpoint, so a new train.lr or warm-up does not apply to a resume.
+_RUN_DEFINING = ("model", "data", "inputs")
+
+
+def check_same_run(out: storage.Location, cfg: Config, info: DatasetInfo) -> None:
+    """Record the run's config and training set on first start; refuse to resume it with another
+    model, recipe or training set (its shards and sample count fix the data order)."""
+    path = out.join("run_config.json")
+    current = {**to_dict(cfg), "dataset": {"root": info.root, "shards": len(info.shards),
+                                           "samples": info.num_samples}}
+    if storage.exists(out.fs, path):
+        held = json.loads(storage.read_bytes(out.fs, path))
+        for section in (*_RUN_DEFINING, "dataset"):
+            for key, value in current[section].items():
+                if held.get(section, {}).get(key) != value:
+                    raise RunMismatchError(
+                        f"{out.uri} holds a run with {section}.{key}={held.get(section, {}).get(key)!r}, this run "
+                        f"has {value!r}: resume with the run's config and --train, or choose a new --out")
+    storage.write_bytes(out.fs, path, json.dumps(current, indent=2).encode())

@@ -1,0 +1,244 @@
+"""What a modality is, and the registry that finds one by name.
+
+A modality *kind* (``Video``, ``RawAudio``, ``LogMelAudio``, or a class outside the package) is
+one object that knows everything the data path does with that modality, from the decoded clip
+to the model's tokens:
+
+==================  =====================================================================
+recipe fields       ``Recipe``, a dataclass: ``data.video``, ``data.audio``, or
+                    ``data.custom.<name>`` (which also names the kind, see ``bind``)
+decoding            ``streams``: the container streams it is derived from; ``encode``
+                    turns the decoded clip into its stored content and its metadata
+storage             ndarray content becomes ``<key>.<name>.npy``, a list of JPEG frames
+                    ``<key>.<name>.mjpeg`` (``pipeline.shards``)
+presence            ``extent``: seconds of real content from the clip's start (0 = absent)
+training window     ``window``: the window that starts at a given second, as an array
+tokens              ``tokens``: a batch of windows -> (B, M, C) normalised patch tokens
+Fourier grid        ``spec``: the patch grid, content width and bands (``ModalitySpec``)
+==================  =====================================================================
+
+Preprocessing, the shard reader, the loader, the input array and evaluation iterate over the
+configured modalities (``bind``) and never name one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import Tensor
+
+from pipeline.fourier import fourier_features
+
+# The paper's input modalities, in its concatenation order: the default of inputs.modalities.
+PAPER_MODALITIES = ("audio", "video")
+
+# Field metadata of recipe fields that training may set otherwise than the shards were made with:
+# storage choices, and the window length (the cut happens at training time; the token grids in the
+# modality tags pin it where it matters).
+TRAINING_MAY_DIFFER = {"training_may_differ": True}
+
+# Content a modality stores for one clip: an array (a .npy member) or JPEG frames (a .mjpeg member).
+Content = np.ndarray | list
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """How one modality is laid out as tokens."""
+
+    name: str  # the modality's name in configs, shards and batches
+    content_channels: int  # C_m, values per patch
+    grid: tuple[int, ...]  # index grid of patches, e.g. (T', H', W') or (T',)
+    num_bands: int  # Fourier bands per axis
+    max_resolution: tuple[int, ...] | None = None  # None: the grid itself
+
+    @property
+    def num_tokens(self) -> int:
+        """M_m = prod(grid)."""
+        return math.prod(self.grid)
+
+    @property
+    def fourier_channels(self) -> int:
+        """F_m = len(grid) * (2 * num_bands + 1)."""
+        return len(self.grid) * (2 * self.num_bands + 1)
+
+    def position_features(self) -> Tensor:
+        """(M_m, F_m) float32 Fourier features of the grid, rows in row-major grid order."""
+        return fourier_features(self.grid, self.num_bands, self.max_resolution)
+
+    def tag(self, tag_id: int) -> dict:
+        """The JSON tag that names the modality's tokens in shards and dataset.json."""
+        return {"name": self.name, "id": tag_id, "grid": list(self.grid), "content_channels": self.content_channels,
+                "fourier": {"num_bands": self.num_bands, "max_resolution": list(self.max_resolution or self.grid),
+                            "concat_pos": True, "sine_only": False, "channels": self.fourier_channels}}
+
+
+class Modality:
+    """One modality kind bound to its recipe. Subclasses set the class attributes and the methods."""
+
+    kind: ClassVar[str]  # registered name
+    tag_id: ClassVar[int]  # stable id in shard tags: a shard written today means the same next year
+    streams: ClassVar[tuple[str, ...]]  # container streams decoded for it
+    unit: ClassVar[str]  # what its stored length counts ("frames", "samples"): meta["<name>_<unit>"]
+    Recipe: ClassVar[type]
+    dropout: ClassVar[bool] = False  # whether whole-modality dropout (the paper's video dropout) applies
+
+    def __init__(self, name: str, recipe: Any, data: Any):
+        self.name, self.recipe, self.data = name, recipe, data
+
+    # ---------------------------------------------------------------- recipe
+
+    @property
+    def step_s(self) -> float:
+        """Seconds per stored unit: window starts fall on whole units."""
+        raise NotImplementedError
+
+    @property
+    def unit_s(self) -> float:
+        """Seconds per unit of its true and stored lengths (``meta["<name>_<unit>"]``)."""
+        return self.step_s
+
+    @property
+    def window_units(self) -> int:
+        """Window starts (``step_s`` apart) in one model window."""
+        raise NotImplementedError
+
+    @property
+    def window_s(self) -> float:
+        return self.window_units * self.step_s
+
+    @property
+    def spec(self) -> ModalitySpec:
+        raise NotImplementedError
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """(holds, message) pairs of recipe rules its types cannot express."""
+        return []
+
+    # ---------------------------------------------------------------- shard side
+
+    def encode(self, clip: Any) -> tuple[Content, dict]:
+        """(stored content, its ``meta[name]`` record) of a ``pipeline.decode.DecodedClip``."""
+        raise NotImplementedError
+
+    def real_units(self, clip: Any) -> tuple[bool, int]:
+        """(the file has its stream, stored units of real content) of a decoded clip."""
+        raise NotImplementedError
+
+    def meta_fields(self, clip: Any, record: dict) -> dict:
+        """The sample metadata of this modality: presence, true length, padding and its record."""
+        has, units = self.real_units(clip)
+        return {f"has_{self.name}": has, self.length_key: units,
+                f"{self.name}_padded": units < record[self.unit], self.name: record}
+
+    @property
+    def length_key(self) -> str:
+        return f"{self.name}_{self.unit}"
+
+    def extent(self, meta: dict) -> float:
+        """Seconds of real content from the clip's start; 0 when the clip lacks the modality."""
+        return meta[self.length_key] * self.unit_s if meta[f"has_{self.name}"] else 0.0
+
+    def stored_seconds(self, meta: dict) -> float:
+        return meta[self.name][self.unit] * self.unit_s
+
+    def window(self, content: Content, meta: dict, start_s: float) -> np.ndarray:
+        """The model window that starts ``start_s`` seconds into the stored clip, as an array of
+        ``window_shape``; raises ValueError (or OSError, SyntaxError from a damaged JPEG) when unusable."""
+        raise NotImplementedError
+
+    @property
+    def window_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def blank(self) -> np.ndarray:
+        """An absent window: what a missing or damaged modality becomes (its tokens are zeroed anyway)."""
+        return np.zeros(self.window_shape, np.float32)
+
+    # ---------------------------------------------------------------- model side
+
+    def tokens(self, windows: Tensor) -> Tensor:
+        """(B, *window_shape) windows on the device -> (B, M_m, C_m) float patch tokens."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Modality]] = {}
+
+
+def register(cls: type[Modality]) -> type[Modality]:
+    """Class decorator: make a kind available by its ``kind`` name."""
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def kind_class(name: str) -> type[Modality]:
+    """A registered kind, or one named by import path ``package.module:Class``."""
+    _load_builtin()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    module, _, attr = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr) if attr else None
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"modality kind {name!r} cannot be imported ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Modality)):
+        raise ValueError(f"modality kind {name!r}: expected a registered kind ({', '.join(sorted(_REGISTRY))}) "
+                         "or an import path module:Class of a pipeline.modality.Modality subclass")
+    return cls
+
+
+def _load_builtin() -> None:
+    importlib.import_module("pipeline.video")
+    importlib.import_module("pipeline.audio")
+
+
+def bind(data: Any, names: Sequence[str]) -> list[Modality]:
+    """The configured modalities, in ``names`` order, each bound to its recipe.
+
+    A name that is a field of ``data`` (``video``, ``audio``) uses that section: its ``kind`` field
+    if it has one, else the kind of that name. Any other name needs ``data.custom.<name>`` with a
+    ``kind`` (registered name or import path) and the kind's recipe fields.
+    """
+    out = []
+    for name in names:
+        if hasattr(data, name) and is_dataclass(getattr(data, name)):
+            recipe = getattr(data, name)
+            cls = kind_class(getattr(recipe, "kind", name))
+        elif name in data.custom:
+            spec = dict(data.custom[name])
+            if "kind" not in spec:
+                raise ValueError(f"data.custom.{name} needs a kind (a registered name or module:Class)")
+            cls = kind_class(spec.pop("kind"))
+            known = {f.name for f in fields(cls.Recipe)}
+            if unknown := sorted(set(spec) - known):
+                raise ValueError(f"data.custom.{name}.{unknown[0]} is not a field of {cls.__name__}'s recipe "
+                                 f"({', '.join(sorted(known))})")
+            recipe = cls.Recipe(**spec)
+        else:
+            raise ValueError(f"modality {name!r} has no recipe: use video or audio, or define data.custom.{name}")
+        out.append(cls(name, recipe, data))
+    return out
+
+
+def recipe_sections(data: Any, modalities: Sequence[Modality]) -> dict[str, dict]:
+    """Each modality's recipe as a plain dict, under its section name (custom ones with their kind)."""
+    out = {}
+    for m in modalities:
+        custom = data.custom.get(m.name)
+        out[m.name] = {"kind": custom["kind"], **asdict(m.recipe)} if custom else asdict(m.recipe)
+    return out
+
+
+def tags(modalities: Sequence[Modality]) -> dict[str, dict]:
+    """The shards' modality tags, by name: produced here and nowhere else."""
+    return {m.name: m.spec.tag(m.tag_id) for m in modalities}
+
+
+def position_features(modalities: Sequence[Modality]) -> dict[str, np.ndarray]:
+    """float32 (M_m, F_m) Fourier features per modality: the model's own function on the grid."""
+    return {m.name: m.spec.position_features().numpy() for m in modalities}
+
