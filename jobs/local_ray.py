@@ -63,6 +63,9 @@ def start_cluster(temp_dir: Path, num_cpus: int = 2) -> Cluster:
     # The job driver runs `python` from the head's PATH: the project's environment must come first.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # `ray start` must not attach anywhere
     env.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_AUTH_MODE="token", PYTHONUNBUFFERED="1")
+    # With token authentication on, `ray start --head` refuses to run until a token exists: make the
+    # user's token (~/.ray/auth_token) on a machine that has none yet, as a user would once.
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     log = open(temp_dir / "ray-start.log", "w")  # noqa: SIM115 (lives as long as the cluster)
     process = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
