@@ -45,8 +45,17 @@ class Cluster:
 
     def job(self, *entrypoint: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
         """``ray job submit --working-dir .`` as a user would, waiting for the job to end."""
-        return self.run(str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", ".",
-                        "--", *entrypoint, timeout=timeout, check=check)
+        submit = (str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", ".", "--")
+        for _ in range(30):
+            result = self.run(*submit, *entrypoint, timeout=timeout, check=False)
+            # A head that has just come up may not have started its job agent yet: Ray says to retry.
+            if "No available agent to submit job" not in result.stderr:
+                break
+            time.sleep(2)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{entrypoint} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n"
+                                 f"--- stderr\n{result.stderr[-4000:]}")
+        return result
 
     def stop(self) -> None:
         if self.process.poll() is None:
