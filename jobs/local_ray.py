@@ -78,7 +78,8 @@ def start_cluster(temp_dir: Path, num_cpus: int = 2) -> Cluster:
     log = open(temp_dir / "ray-start.log", "w")  # noqa: SIM115 (lives as long as the cluster)
     process = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={free_port()}", f"--num-cpus={num_cpus}",
+         "--num-gpus=0", f"--temp-dir={temp_dir}",
          "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     cluster = Cluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", dict(env, RAY_ADDRESS=f"127.0.0.1:{port}"),
