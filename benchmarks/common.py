@@ -2,8 +2,9 @@
 
 The clips are the project's own synthetic textured clips (``pipeline.synthetic.make_dataset``
 with ``textured=True``: 640x360 H.264 at 25 fps, 48 kHz stereo AAC, 10 s), written once into
-``<work>/clips/`` and read back through the real sources stage (``pipeline.sources``), so every
-benchmark sees the same ``ClipRow`` objects that ``jobs/preprocess.py`` would.
+``<work>/clips/`` and read back through the real sources stage (``pipeline.labels``,
+``pipeline.audioset``, ``pipeline.media``), so every benchmark sees the same ``ClipRow`` objects
+that ``jobs/preprocess.py`` would.
 
 Every timing records both wall-clock and process CPU seconds (all threads of the process). On a
 shared machine the CPU seconds are the steadier measure of "per core" cost; wall-clock is what
@@ -25,7 +26,12 @@ from pathlib import Path
 import pandas as pd
 
 from perceiver.config import Config, load_config
-from pipeline import sources
+from pipeline.audioset import read_segments
+from pipeline.labels import LabelClass, load_labels
+from pipeline.media import resolve_media
+from pipeline.modality import PAPER_MODALITIES, Modality
+from pipeline.recipe import DataConfig, modalities_of
+from pipeline.records import ClipRow
 from pipeline.synthetic import TEXTURED, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +57,11 @@ def recipe(name: str) -> Config:
     return load_config(CONFIGS / f"{name}.yaml")
 
 
+def bound_modalities(data: DataConfig, names: Sequence[str] = PAPER_MODALITIES) -> tuple[Modality, ...]:
+    """The modalities ``names`` bound to ``data`` (both recipes' ``inputs.modalities``: audio, video)."""
+    return tuple(modalities_of(data, names))
+
+
 @dataclass(frozen=True)
 class ClipSet:
     """A synthetic AudioSet-style folder of textured clips and its rows, as the sources stage reads them."""
@@ -59,8 +70,8 @@ class ClipSet:
     segments_csv: Path
     labels_csv: Path
     media_dir: Path
-    rows: list[sources.ClipRow]
-    classes: list[sources.LabelClass]
+    rows: list[ClipRow]
+    classes: list[LabelClass]
 
 
 def textured_clips(work: Path, count: int) -> ClipSet:
@@ -73,10 +84,10 @@ def textured_clips(work: Path, count: int) -> ClipSet:
         began = time.perf_counter()
         make_dataset(root, num_train=count, num_eval=0, seconds=CLIP_SECONDS, textured=True)
         print(f"  done in {time.perf_counter() - began:.0f} s", flush=True)
-    classes = sources.load_labels(labels_csv)
+    classes = load_labels(labels_csv)
     segments_csv = root / "balanced_train_segments.csv"
-    rows, failures = sources.read_segments([segments_csv], classes)
-    resolved, missing = sources.resolve_media(rows, root / "clips")
+    rows, failures = read_segments([segments_csv], classes)
+    resolved, missing = resolve_media(rows, root / "clips")
     if failures or missing or len(resolved) != count:
         raise RuntimeError(f"{root}: {len(resolved)} of {count} clips usable; delete the folder to rewrite it")
     return ClipSet(root, segments_csv, labels_csv, root / "clips", resolved, classes)

@@ -7,8 +7,8 @@ one thread):
 
 (a) shard reading: ``shards.iter_samples(decode_frames=False)`` (tar parsing, .npy loading,
     JPEG bytes left encoded);
-(b) decoding: ``perceiver.loader.crop_window`` on read samples (the window's JPEG frames and
-    the audio crop);
+(b) decoding: ``perceiver.loader.crop_window`` on read samples, once per modality (the
+    window's JPEG frames and the audio crop);
 (c) batch assembly: ``perceiver.loader.assemble`` on read samples (crops plus stacking into a
     ``Batch``), and the whole training path, ``perceiver.loader.TrainStream`` batches.
 
@@ -50,6 +50,7 @@ from benchmarks.common import (  # noqa: E402
     ClipSet,
     Timing,
     add_common_args,
+    bound_modalities,
     clip_count,
     clip_format,
     machine_summary,
@@ -62,10 +63,12 @@ from benchmarks.common import (  # noqa: E402
 from perceiver.attention import CrossAttention, SelfAttention  # noqa: E402
 from perceiver.classifier import AVClassifier  # noqa: E402
 from perceiver.config import Config, DataConfig  # noqa: E402
-from perceiver.loader import Batch, DatasetInfo, TrainStream, assemble, crop_window, window_start_frames  # noqa: E402
-from perceiver.recipe import audio_window_length  # noqa: E402
-from pipeline import features, shards, storage  # noqa: E402
+from perceiver.loader import Batch, TrainStream, assemble, crop_window, window_starts  # noqa: E402
+from pipeline import modality, shards, storage  # noqa: E402
+from pipeline.dataset import DatasetInfo  # noqa: E402
 from pipeline.encode import EncodeOptions, encode_clip  # noqa: E402
+from pipeline.modality import Modality  # noqa: E402
+from pipeline.recipe import recipe_record  # noqa: E402
 
 H100_BF16_DENSE = 989e12  # FLOP/s, H100 SXM dense bf16 peak
 MFU = 0.40
@@ -76,15 +79,16 @@ MIN_CPU_SECONDS = 2.0  # each rate is measured over at least this much CPU time 
 # ---------------------------------------------------------------- data
 
 
-def build_dataset(clips: ClipSet, data: DataConfig, root: Path) -> DatasetInfo:
-    """encode_clip every clip at ``data`` into one full shard under ``root``; a DatasetInfo for the loader.
+def build_dataset(clips: ClipSet, data: DataConfig, mods: Sequence[Modality], root: Path) -> DatasetInfo:
+    """encode_clip every clip at ``data`` (its modalities ``mods``) into one full shard under ``root``;
+    a DatasetInfo for the loader.
 
     The shard holds ``data.shard_size`` samples, as jobs/preprocess.py writes them: the encoded
     clips are repeated under new keys to fill it, so the once-per-shard Fourier entry (5 MB at
     the audioset recipe) weighs on reading as much as it does in a real dataset.
     """
-    options = EncodeOptions(data)
-    tags = options.tags
+    options = EncodeOptions(data, tuple(mods))
+    tags = modality.tags(options.modalities)
     results = [encode_clip(row, options, tags) for row in clips.rows]
     if failed := [r.failure for r in results if r.failure]:
         raise RuntimeError(f"encode_clip failed: {failed[0]}")
@@ -93,32 +97,41 @@ def build_dataset(clips: ClipSet, data: DataConfig, root: Path) -> DatasetInfo:
         result, copy = results[i % len(results)], i // len(results)
         samples.append([(name.replace(result.key, f"{result.key}-c{copy}", 1), blob) if copy else (name, blob)
                         for name, blob in result.members])
-    specs = features.modality_specs(data, options.modalities)
-    fourier = shards.fourier_members(tags, {s.name: features.position_features(s) for s in specs})
+    fourier = shards.fourier_members(tags, modality.position_features(options.modalities))
     location = storage.locate(root)
     shards.write_shard(location, "train-000000.tar", fourier, samples)
     classes = tuple({"index": c.index, "mid": c.mid, "name": c.name} for c in clips.classes)
     return DatasetInfo(location.uri, (location.join("train-000000.tar"),), len(samples), classes,
-                       features.recipe_record(data, options.modalities))
+                       recipe_record(data, options.modalities))
 
 
-def read_all(info: DatasetInfo) -> list[dict]:
+def read_all(info: DatasetInfo) -> list[shards.Sample]:
     return list(shards.iter_samples(info.shards, decode_frames=False))
 
 
-def window_starts(samples: Sequence[dict], data: DataConfig, seed: int = 0) -> list[int]:
-    """One random training window per sample, as TrainStream draws them."""
+def draw_starts(samples: Sequence[shards.Sample], mods: Sequence[Modality], seed: int = 0) -> list[float]:
+    """One random training window per sample (its start in seconds), as TrainStream draws them."""
     rng = np.random.default_rng(seed)
-    return [window_start_frames(s["meta"], data, 1, rng)[0] for s in samples]
+    return [window_starts(s.meta, mods, 1, rng)[0] for s in samples]
 
 
-def window_stored_bytes(sample: dict, data: DataConfig, start: int) -> int:
+def crop_all(sample: shards.Sample, mods: Sequence[Modality], start_s: float) -> None:
+    """Every modality's window from ``start_s``, as assemble cuts them."""
+    for m in mods:
+        crop_window(sample, m, start_s)
+
+
+def window_stored_bytes(sample: shards.Sample, mods: Sequence[Modality], start_s: float) -> int:
     """Stored bytes one window decodes: its JPEG frames (or raw frames) and its audio slice."""
-    f = data.video.num_frames
-    video = (sum(len(b) for b in sample["video_jpeg"][start:start + f]) if "video_jpeg" in sample
-             else sample["video"][start:start + f].nbytes)
-    audio = sample["audio"]
-    return video + audio_window_length(data.audio) * audio.itemsize * math.prod(audio.shape[1:])
+    total = 0
+    for m in mods:
+        content = sample.content[m.name]
+        if isinstance(content, list):  # JPEG frames
+            first = round(start_s / m.step_s)
+            total += sum(len(b) for b in content[first:first + m.window_units])
+        else:
+            total += m.window_units * content.itemsize * math.prod(content.shape[1:])
+    return total
 
 
 # ---------------------------------------------------------------- timing
@@ -161,47 +174,47 @@ def read_rate(info: DatasetInfo, min_cpu: float) -> Rate:
     return measure(step, min_cpu)
 
 
-def whole_decode_rate(info: DatasetInfo, data: DataConfig, min_cpu: float) -> Rate:
+def whole_decode_rate(info: DatasetInfo, mods: Sequence[Modality], min_cpu: float) -> Rate:
     """Read with every frame decoded (``decode_frames=True``), then cut one window: the whole-segment way."""
     shard_bytes = sum(Path(p).stat().st_size for p in info.shards)
 
     def step() -> tuple[int, float]:
         n = 0
         for sample in shards.iter_samples(info.shards, decode_frames=True):
-            crop_window(sample, data, window_starts([sample], data, n)[0])
+            crop_all(sample, mods, draw_starts([sample], mods, n)[0])
             n += 1
         return n, shard_bytes
 
     return measure(step, min_cpu)
 
 
-def crop_rate(samples: Sequence[dict], data: DataConfig, min_cpu: float) -> Rate:
-    starts = window_starts(samples, data)
-    stored = sum(window_stored_bytes(s, data, st) for s, st in zip(samples, starts, strict=True))
+def crop_rate(samples: Sequence[shards.Sample], mods: Sequence[Modality], min_cpu: float) -> Rate:
+    starts = draw_starts(samples, mods)
+    stored = sum(window_stored_bytes(s, mods, st) for s, st in zip(samples, starts, strict=True))
 
     def step() -> tuple[int, float]:
         for sample, start in zip(samples, starts, strict=True):
-            crop_window(sample, data, start)
+            crop_all(sample, mods, start)
         return len(samples), stored
 
     return measure(step, min_cpu)
 
 
-def assemble_rate(samples: Sequence[dict], data: DataConfig, batch_size: int, num_classes: int,
+def assemble_rate(samples: Sequence[shards.Sample], mods: Sequence[Modality], batch_size: int, num_classes: int,
                   min_cpu: float) -> Rate:
     """assemble() on batches of ``batch_size`` drawn round-robin from the read samples; bytes = batch tensors."""
     rng = np.random.default_rng(0)
 
     def step() -> tuple[int, float]:
         picks = [samples[int(i)] for i in rng.integers(0, len(samples), batch_size)]
-        batch = assemble(picks, [[s] for s in window_starts(picks, data, int(rng.integers(1 << 30)))], data,
+        batch = assemble(picks, [[s] for s in draw_starts(picks, mods, int(rng.integers(1 << 30)))], mods,
                          num_classes)
-        return batch_size, float(batch.video.nbytes + batch.audio.nbytes)
+        return batch_size, float(sum(t.nbytes for t in batch.content.values()))
 
     return measure(step, min_cpu)
 
 
-def stream_rate(info: DatasetInfo, data: DataConfig, batch_size: int, min_cpu: float) -> Rate:
+def stream_rate(info: DatasetInfo, mods: Sequence[Modality], batch_size: int, min_cpu: float) -> Rate:
     """TrainStream batches (read, shuffle buffer, window decode, assemble); bytes = shard bytes read.
 
     Each stream runs for about four passes over the shard, so filling its shuffle buffer weighs
@@ -213,7 +226,7 @@ def stream_rate(info: DatasetInfo, data: DataConfig, batch_size: int, min_cpu: f
 
     def step() -> tuple[int, float]:
         nonlocal epoch
-        stream = TrainStream(info, data, batch_size, seed=0, epoch=epoch, rank=0, world=1, steps=steps,
+        stream = TrainStream(info, mods, batch_size=batch_size, seed=0, epoch=epoch, rank=0, world=1, steps=steps,
                              shuffle_buffer=min(8, info.num_samples))
         epoch += 1
         n = sum(len(b) for b in stream)
@@ -252,11 +265,13 @@ def torchvision_frames(frames: Sequence[bytes]) -> np.ndarray:
     return torch.stack(decoded).permute(0, 2, 3, 1).numpy()
 
 
-def jpeg_decode_rate(samples: Sequence[dict], data: DataConfig, decoder: Callable[[Sequence[bytes]], np.ndarray],
-                     min_cpu: float) -> Rate:
-    starts = window_starts(samples, data)
-    f = data.video.num_frames
-    windows = [s["video_jpeg"][st:st + f] for s, st in zip(samples, starts, strict=True)]
+def jpeg_decode_rate(samples: Sequence[shards.Sample], mods: Sequence[Modality],
+                     decoder: Callable[[Sequence[bytes]], np.ndarray], min_cpu: float) -> Rate:
+    starts = draw_starts(samples, mods)
+    video = next(m for m in mods if m.name == "video")
+    f = video.window_units
+    firsts = [round(st / video.step_s) for st in starts]  # the window's first frame
+    windows = [s.content["video"][i:i + f] for s, i in zip(samples, firsts, strict=True)]
     stored = sum(len(b) for w in windows for b in w)
 
     def step() -> tuple[int, float]:
@@ -278,8 +293,9 @@ def per_frame_copy(info: DatasetInfo, path: Path) -> int:
 
     samples = []
     for sample in shards.iter_samples(info.shards, decode_frames=False):
-        key, frames = sample["__key__"], sample["video_jpeg"]
-        samples.append([(f"{key}.json", json.dumps(sample["meta"]).encode()), (f"{key}.audio.npy", npy(sample["audio"])),
+        key, frames = sample.key, sample.content["video"]
+        samples.append([(f"{key}.json", json.dumps(sample.meta).encode()),
+                        (f"{key}.audio.npy", npy(sample.content["audio"])),
                         *((f"{key}.video.{i:06d}.jpg", bytes(f)) for i, f in enumerate(frames))])
     tags, position = shards.read_fourier(info.shards[0])
     location = storage.locate(path.parent)
@@ -332,14 +348,11 @@ def count_flops(cfg: Config, num_classes: int = AUDIOSET_CLASSES) -> Flops:
     """
     # Built on the CPU (its Fourier position buffers are made there), then moved to meta.
     model = AVClassifier(cfg, num_classes).train().to("meta")
+    dtypes = {m.name: torch.from_numpy(m.blank()).dtype for m in model.modalities}  # uint8 video, float32 audio
     with torch.device("meta"):
-        data = cfg.data
-        audio_len = audio_window_length(data.audio)
-        audio_shape = (1, audio_len) if data.audio.representation == "raw" else (1, audio_len, data.audio.n_mels)
-        batch = Batch(video=torch.zeros(1, data.video.num_frames, data.video.size, data.video.size, 3,
-                                        dtype=torch.uint8),
-                      audio=torch.zeros(audio_shape), has_video=torch.ones(1, dtype=torch.bool),
-                      has_audio=torch.ones(1, dtype=torch.bool), labels=torch.zeros(1, num_classes))
+        batch = Batch(content={m.name: torch.zeros(1, *m.window_shape, dtype=dtypes[m.name]) for m in model.modalities},
+                      present={m.name: torch.ones(1, dtype=torch.bool) for m in model.modalities},
+                      labels=torch.zeros(1, num_classes))
         with FlopCounterMode(display=False) as counter:
             logits = model(batch)
             torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels).backward()
@@ -373,19 +386,20 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = {name: recipe(name) for name in RECIPES}
     table, stream, per_sample_bytes = [], {}, {}
-    infos, read = {}, {}
+    infos, read, bound = {}, {}, {}
     for name, cfg in configs.items():
         data = cfg.data
-        infos[name] = info = build_dataset(clips, data, work / name)
+        bound[name] = mods = bound_modalities(data, cfg.inputs.modalities)
+        infos[name] = info = build_dataset(clips, data, mods, work / name)
         read[name] = samples = read_all(info)
         shard_bytes = sum(Path(p).stat().st_size for p in info.shards)
         per_sample_bytes[name] = shard_bytes / info.num_samples
         rates = {
             "(a) read": read_rate(info, min_cpu),
-            "(b) decode window": crop_rate(samples, data, min_cpu),
-            f"(c) assemble B={cfg.train.batch_size}": assemble_rate(samples, data, cfg.train.batch_size,
+            "(b) decode window": crop_rate(samples, mods, min_cpu),
+            f"(c) assemble B={cfg.train.batch_size}": assemble_rate(samples, mods, cfg.train.batch_size,
                                                                      len(info.classes), min_cpu),
-            "(a-c) TrainStream": stream_rate(info, data, cfg.train.batch_size, min_cpu),
+            "(a-c) TrainStream": stream_rate(info, mods, cfg.train.batch_size, min_cpu),
         }
         stream[name] = rates["(a-c) TrainStream"]
         byte_meaning = {"(a) read": "shard bytes", "(b) decode window": "stored window bytes",
@@ -431,16 +445,17 @@ def main(argv: list[str] | None = None) -> int:
     ])
 
     # remedies, audioset
-    data, info, samples = cfg.data, infos["audioset"], read["audioset"]
+    data, info, samples, mods = cfg.data, infos["audioset"], read["audioset"], bound["audioset"]
     window_s = data.video.num_frames / data.video.fps
     window_data = dataclasses.replace(data, segment_seconds=window_s)
-    window_info = build_dataset(clips, window_data, work / "audioset-window")
+    window_mods = bound_modalities(window_data, cfg.inputs.modalities)
+    window_info = build_dataset(clips, window_data, window_mods, work / "audioset-window")
     window_bytes = sum(Path(p).stat().st_size for p in window_info.shards) / window_info.num_samples
     remedies = {
-        "whole segment decoded, then a window (decode_frames=True)": whole_decode_rate(info, data, min_cpu),
+        "whole segment decoded, then a window (decode_frames=True)": whole_decode_rate(info, mods, min_cpu),
         "window only (TrainStream, as built)": stream["audioset"],
         f"window-sized shards ({window_s:g} s segments, TrainStream)": stream_rate(
-            window_info, window_data, cfg.train.batch_size, min_cpu),
+            window_info, window_mods, cfg.train.batch_size, min_cpu),
     }
     table = []
     for label, r in remedies.items():
@@ -454,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     per_frame_path = work / "audioset-per-frame" / "train-000000.tar"
     per_frame_members = per_frame_copy(info, per_frame_path)
-    packed_members = sum(n.startswith(samples[0]["__key__"] + ".") for n in _member_names(info.shards[0]))
+    packed_members = sum(n.startswith(samples[0].key + ".") for n in _member_names(info.shards[0]))
     walks = {f"frames in one .mjpeg member, as built ({packed_members} members)": tar_walk_rate(
                  info.shards[0], info.num_samples, min_cpu),
              f"one .jpg member per frame, schema 1 ({per_frame_members} members)": tar_walk_rate(
@@ -469,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     decoders = {"Pillow (shards.decode_jpeg_frames, as built)": pillow_frames,
                 "torchvision.io.decode_jpeg, CPU, batched list": torchvision_frames,
                 "Pillow draft, 1/2 scale (112 px: another recipe)": pillow_draft_frames}
-    decode_rates = {label: jpeg_decode_rate(samples, data, fn, min_cpu) for label, fn in decoders.items()}
+    decode_rates = {label: jpeg_decode_rate(samples, mods, fn, min_cpu) for label, fn in decoders.items()}
     base = decode_rates["Pillow (shards.decode_jpeg_frames, as built)"].per_s
     table = [{"decoder": label, "windows/s/core": f"{r.per_s:.1f}", "ms/window": f"{1000 / r.per_s:.2f}",
               "vs Pillow": f"{r.per_s / base:.2f}", "cores/GPU for decoding alone": f"{gpu_sps / r.per_s:.0f}"}

@@ -43,7 +43,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 # The project root, so `python benchmarks/preprocess.py` imports the project's packages.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,6 +57,7 @@ from benchmarks.common import (  # noqa: E402
     ClipSet,
     Timing,
     add_common_args,
+    bound_modalities,
     clip_count,
     clip_format,
     load1,
@@ -70,12 +70,12 @@ from benchmarks.common import (  # noqa: E402
     verdict,
 )
 from perceiver.config import DataConfig  # noqa: E402
-from perceiver.loader import crop_window, window_start_frames  # noqa: E402
-from pipeline import encode as encode_stage  # noqa: E402
-from pipeline import features, shards, storage  # noqa: E402
+from perceiver.loader import crop_window, window_starts  # noqa: E402
+from pipeline import modality, shards, storage  # noqa: E402
 from pipeline.decode import DecodedClip, decode_clip  # noqa: E402
 from pipeline.encode import ClipResult, EncodeOptions, encode_clip  # noqa: E402
-from pipeline.sources import ClipRow  # noqa: E402
+from pipeline.modality import Modality  # noqa: E402
+from pipeline.records import ClipRow  # noqa: E402
 
 BUDGET_BYTES = 4_000_000  # per 10 s clip, decimal megabytes
 RATIO_TARGET = 0.8  # full preprocessing / bare decoding throughput at the audioset recipe
@@ -92,14 +92,16 @@ class StageCosts:
     clips: int = 0
     decode: Timing = dataclasses.field(default_factory=Timing)  # decode_clip alone
     encode: Timing = dataclasses.field(default_factory=Timing)  # encode_clip: the full preprocessing
-    audio: Timing = dataclasses.field(default_factory=Timing)  # features.audio_array
-    members: Timing = dataclasses.field(default_factory=Timing)  # shards.sample_members (JPEG encode)
+    audio: Timing = dataclasses.field(default_factory=Timing)  # the audio modality's encode
+    members: Timing = dataclasses.field(default_factory=Timing)  # the video's encode (JPEG) + shards.sample_members
 
 
-def decode_args(row: ClipRow, data: DataConfig) -> dict:
-    """decode_clip's arguments for a trimmed clip at a recipe, as encode_clip passes them."""
-    return dict(start=None, seconds=data.segment_seconds, fps=data.video.fps, size=data.video.size,
-                sample_rate=data.audio.sample_rate)
+def decode_args(data: DataConfig, mods: Sequence[Modality], start: float | None = None) -> dict:
+    """decode_clip's arguments for a clip at a recipe, as encode_clip's decoder (decode_at_recipe) passes
+    them (``start`` None: a trimmed clip)."""
+    streams = {s for m in mods for s in m.streams}
+    return dict(start=start, seconds=data.segment_seconds, fps=data.video.fps if "video" in streams else None,
+                size=data.video.size, sample_rate=data.audio.sample_rate if "audio" in streams else None)
 
 
 def measure_stages(rows: Sequence[ClipRow], data: DataConfig) -> tuple[StageCosts, dict[str, DecodedClip]]:
@@ -108,14 +110,16 @@ def measure_stages(rows: Sequence[ClipRow], data: DataConfig) -> tuple[StageCost
     Also times the two stages encode_clip adds to decoding, on the decoded clip. Returns the
     costs and the decoded clips (by path), which the storage measurements reuse.
     """
-    options = EncodeOptions(data)
-    tags = options.tags
+    mods = bound_modalities(data)
+    options = EncodeOptions(data, mods)
+    tags = modality.tags(mods)
+    audio_mod = next(m for m in mods if m.name == "audio")
     encode_clip(rows[0], options, tags)  # warm-up: imports, the mel filter bank, decord's first open
     costs, decoded = StageCosts(), {}
     for i, row in enumerate(rows):
         def bare(row: ClipRow = row) -> None:
             with timed() as t:
-                decoded[row.path] = decode_clip(row.path, **decode_args(row, data))
+                decoded[row.path] = decode_clip(row.path, **decode_args(data, mods))
             costs.decode += t
 
         def full(row: ClipRow = row) -> None:
@@ -129,11 +133,11 @@ def measure_stages(rows: Sequence[ClipRow], data: DataConfig) -> tuple[StageCost
             step()
         clip = decoded[row.path]
         with timed() as t:
-            audio = features.audio_array(clip.audio, data.audio)
+            audio, _ = audio_mod.encode(clip)
         costs.audio += t
         with timed() as t:
-            shards.sample_members(shards.Sample(row.key, {}, audio, clip.video), data.video.encoding,
-                                  data.video.jpeg_quality)
+            content = {m.name: audio if m is audio_mod else m.encode(clip)[0] for m in mods}
+            shards.sample_members(shards.Sample(row.key, {}, content))
         costs.members += t
         costs.clips += 1
     return costs, decoded
@@ -186,34 +190,39 @@ class StoredShard:
         return (own - self.video_bytes - self.audio_bytes - self.meta_bytes) / self.clips
 
 
-class MemoDecode:
-    """decode_clip with its results kept, patched into encode_clip while storage choices are compared:
-    each choice then runs the real encode_clip (features, members, metadata) without decoding again."""
-
-    def __init__(self, seed: dict[tuple, DecodedClip]):
-        self.cache = dict(seed)
-
-    def __call__(self, path: str, **kwargs) -> DecodedClip:
-        key = (path, *sorted(kwargs.items()))
-        if key not in self.cache:
-            self.cache[key] = decode_clip(path, **kwargs)
-        return self.cache[key]
+# decode_clip's results by (path, its arguments), kept while storage choices are compared.
+DECODED: dict[tuple, DecodedClip] = {}
 
 
-def store(rows: Sequence[ClipRow], data: DataConfig, encoding: Encoding, out: storage.Location,
-          memo: MemoDecode) -> StoredShard:
+def decode_key(path: str, data: DataConfig, mods: Sequence[Modality], start: float | None = None) -> tuple:
+    return (str(path), *sorted(decode_args(data, mods, start).items()))
+
+
+def memo_decode(path: str, data: DataConfig, modalities: Sequence[Modality], *,
+                start: float | None = None) -> DecodedClip:
+    """decode_clip with its results kept (in ``DECODED``), handed to encode_clip as its decoder
+    (``EncodeOptions.decoder``) while storage choices are compared: each choice then runs the real
+    encode_clip (features, members, metadata) without decoding again. A module-level function, so it
+    pickles (a process without the cache decodes)."""
+    key = decode_key(path, data, modalities, start)
+    if key not in DECODED:
+        DECODED[key] = decode_clip(path, **decode_args(data, modalities, start))
+    return DECODED[key]
+
+
+def store(rows: Sequence[ClipRow], data: DataConfig, encoding: Encoding, out: storage.Location) -> StoredShard:
     """encode_clip every row with ``encoding`` (decoding memoised) and write one real shard of them."""
     data = encoding.apply(data)
-    options = EncodeOptions(data)
-    tags = options.tags
+    mods = bound_modalities(data)
+    options = EncodeOptions(data, mods, decoder=memo_decode)
+    tags = modality.tags(mods)
     results: list[ClipResult] = []
-    with mock.patch.object(encode_stage, "decode_clip", memo), timed() as t:
+    with timed() as t:
         for row in rows:
             results.append(encode_clip(row, options, tags))
     if failed := [r.failure for r in results if r.failure]:
         raise RuntimeError(f"encode_clip failed: {failed[0]}")
-    specs = features.modality_specs(data, options.modalities)
-    fourier = shards.fourier_members(tags, {s.name: features.position_features(s) for s in specs})
+    fourier = shards.fourier_members(tags, modality.position_features(mods))
     path = out.join(f"{encoding.name}.tar")
     size = shards.write_shard(out, f"{encoding.name}.tar", fourier, [r.members for r in results])
     fourier_size = shards.write_shard(out, f"{encoding.name}.fourier-only.tar", fourier, [])
@@ -229,12 +238,12 @@ def store(rows: Sequence[ClipRow], data: DataConfig, encoding: Encoding, out: st
 
 
 def highest_quality_within(budget: float, rows: Sequence[ClipRow], data: DataConfig, out: storage.Location,
-                           memo: MemoDecode, low: int = 1, high: int = 100) -> tuple[int | None, float | None]:
+                           low: int = 1, high: int = 100) -> tuple[int | None, float | None]:
     """The highest JPEG quality whose shard stays within ``budget`` bytes per clip (bisection;
     size grows with quality), with its bytes per clip; (None, None) if even ``low`` is over."""
     @functools.cache
     def size(q: int) -> float:
-        return store(rows, data, Encoding("jpeg", q, data.audio.representation), out, memo).per_clip
+        return store(rows, data, Encoding("jpeg", q, data.audio.representation), out).per_clip
 
     if size(high) <= budget:
         return high, size(high)
@@ -256,10 +265,12 @@ def read_back(shard: StoredShard, repeats: int, whole: bool, seed: int = 0) -> T
     needs the whole segment would; otherwise decode only the window's frames (the training path).
     """
     rng = np.random.default_rng(seed)
+    mods = bound_modalities(shard.data)
     with timed() as t:
         for sample in shards.iter_samples([shard.path] * repeats, decode_frames=whole):
-            start = window_start_frames(sample["meta"], shard.data, 1, rng)[0]
-            crop_window(sample, shard.data, start)
+            start = window_starts(sample.meta, mods, 1, rng)[0]
+            for m in mods:
+                crop_window(sample, m, start)
     return t
 
 
@@ -328,13 +339,12 @@ def plain_preprocess(rows: Sequence[ClipRow], data: DataConfig, workers: int, ou
     The time includes starting the processes and their imports (Ray's workers pay their
     imports inside its run too).
     """
-    options = EncodeOptions(data)
-    tags = options.tags
-    specs = features.modality_specs(data, options.modalities)
+    options = EncodeOptions(data, bound_modalities(data))
+    tags = modality.tags(options.modalities)
     with timed() as t:
         with mp.get_context("spawn").Pool(workers, initializer=_plain_worker_init) as pool:
             results = pool.map(_plain_encode, [(row, options, tags) for row in rows], chunksize=1)
-        fourier = shards.fourier_members(tags, {s.name: features.position_features(s) for s in specs})
+        fourier = shards.fourier_members(tags, modality.position_features(options.modalities))
         ordered = sorted((r for r in results if r.index_row), key=lambda r: r.key)
         shards.write_shard(out, f"plain-w{workers}.tar", fourier, [r.members for r in ordered])
     if len(ordered) != len(rows):
@@ -394,19 +404,20 @@ def main(argv: list[str] | None = None) -> int:
     print_table("1/4. Preprocessing per core: full (encode_clip) vs bare decoding (decode_clip), one process", table, [
         "clips/s/core = clips per process-CPU second; ms = CPU ms per clip; the two stages encode_clip adds to "
         "decoding, timed apart on the decoded clip:",
-        "audio feat = features.audio_array (int16 or log-mel), members = shards.sample_members (npy / JPEG "
-        "encode of every frame); full/decode = decode ms / full ms (target >= 0.8 at audioset)",
+        "audio feat = the audio modality's encode (int16 or log-mel), members = the video modality's encode "
+        "(JPEG encode of every frame) + shards.sample_members (npy / mjpeg members); "
+        "full/decode = decode ms / full ms (target >= 0.8 at audioset)",
     ])
     ratio = costs["audioset"].decode.cpu / costs["audioset"].encode.cpu
     results["full preprocessing / bare decoding >= 0.8 (audioset)"] = ratio >= RATIO_TARGET
 
     # 2
-    memo = MemoDecode({(r.path, *sorted(decode_args(r, audioset).items())): decoded[r.path] for r in rows})
+    DECODED.update({decode_key(r.path, audioset, bound_modalities(audioset)): decoded[r.path] for r in rows})
     configured = Encoding(audioset.video.encoding, audioset.video.jpeg_quality, audioset.audio.representation)
     variants = [Encoding("raw", audioset.video.jpeg_quality, "raw")]
     variants += [Encoding("jpeg", q, "raw") for q in sorted(set(args.qualities) | {configured.quality})]
     variants += [Encoding("jpeg", configured.quality, "logmel")]
-    stored = {v: store(rows, audioset, v, out, memo) for v in variants}
+    stored = {v: store(rows, audioset, v, out) for v in variants}
     table = []
     for v, s in stored.items():
         table.append({
@@ -422,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             "encode ms/clip": f"{1000 * s.members_cpu / s.clips:.0f}",
         })
     config_bytes = stored[configured].per_clip
-    best_q, best_bytes = highest_quality_within(BUDGET_BYTES, rows, audioset, out, memo)
+    best_q, best_bytes = highest_quality_within(BUDGET_BYTES, rows, audioset, out)
     print_table(f"2. Bytes per clip at the audioset recipe ({audioset.segment_seconds:g} s, {audioset.video.size} px, "
                 f"{audioset.video.fps:g} fps, {audioset.audio.sample_rate // 1000} kHz), real shards", table, [
         "measured on shards written by shards.write_shard: members + tar headers per clip, plus 1/shard_size "
