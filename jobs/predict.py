@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def predict_file(model: AVClassifier, cfg: Config, classes: list[dict], path: str, crops: int, top_k: int,
+def predict_file(model: AVClassifier, cfg: Config, classes: list[dict], path: str, *, crops: int, top_k: int,
                  device: torch.device) -> dict:
     """{file, crops, notes, top: [{index, mid, name, score}]}, or {file, error, message} for an unusable file."""
     try:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     crops = args.crops or cfg.train.eval_crops
     failed = 0
     for path in args.files:
-        result = predict_file(model, cfg, classes, path, crops, args.top_k, device)
+        result = predict_file(model, cfg, classes, path, crops=crops, top_k=args.top_k, device=device)
         if "error" in result:
             failed += 1
             print(f"error: {path}: {result['message']} [{result['error']}]", file=sys.stderr, flush=True)

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.eval and storage.exists(out.fs, out.join("eval.json")):
         metrics = json.loads(storage.read_bytes(out.fs, out.join("eval.json")))
-        print("train: eval " + " ".join(f"{k} mAP={v['mAP']:.3f}" for k, v in metrics.items() if "mAP" in v))
+        print("train: eval " + " ".join(f"{k} mAP={v['mAP']:.3f}" for k, v in metrics.items()
+                                        if isinstance(v, dict) and "mAP" in v))
     print(f"train: model at {out.uri}/model.pt", flush=True)
     return 0
 

@@ -43,7 +43,7 @@ def score(model: AVClassifier, info: DatasetInfo, *, batch_size: int, crops: int
     choices = modality_sets(names)
     scores: dict[str, list[np.ndarray]] = {name: [] for name in sets or choices}
     targets, stats = [], ReadStats()
-    for batch in eval_batches(info, model.modalities, batch_size, crops, stats):
+    for batch in eval_batches(info, model.modalities, batch_size=batch_size, crops=crops, stats=stats):
         batch = batch.to(device)
         rows = batch.labels.shape[0]
         for name in scores:

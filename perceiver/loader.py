@@ -184,7 +184,7 @@ def train_batches(stream: TrainStream) -> Iterator[Batch]:
                            multiprocessing_context="forkserver", persistent_workers=False))
 
 
-def eval_batches(info: DatasetInfo, modalities: Sequence[Modality], batch_size: int, crops: int,
+def eval_batches(info: DatasetInfo, modalities: Sequence[Modality], *, batch_size: int, crops: int,
                  stats: shards.ReadStats | None = None) -> Iterator[Batch]:
     """Every sample once, in shard order, with ``crops`` evenly spaced windows each."""
     pending: list[shards.Sample] = []

@@ -100,10 +100,10 @@ def eval_record(result: dict, step: int, names: list[str]) -> dict:
     return record
 
 
-def finish(model: AVClassifier, info: DatasetInfo, result: dict | None, cfg: Config, out: storage.Location,
+def finish(model: AVClassifier, info: DatasetInfo, result: dict | None, *, cfg: Config, out: storage.Location,
            log: MetricsLog) -> None:
     """Rank 0 after the last step: final weights, the final evaluation's record, plots."""
-    save_model(out, model, cfg, list(info.classes), info.recipe, info.root)
+    save_model(out, model, cfg, classes=list(info.classes), recipe=info.recipe, train_root=info.root)
     names = list(cfg.inputs.modalities)
     sets = list(modality_sets(names))
     if result is not None:

@@ -12,7 +12,7 @@ from perceiver.config import Config, config_from_dict, to_dict
 from pipeline import storage
 
 
-def save_model(out: storage.Location, model: AVClassifier, cfg: Config, classes: list[dict], recipe: dict,
+def save_model(out: storage.Location, model: AVClassifier, cfg: Config, *, classes: list[dict], recipe: dict,
                train_root: str | None = None) -> None:
     """Write ``out/model.pt`` (a plain CPU state dict) and ``out/model.json`` (config, classes, recipe)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

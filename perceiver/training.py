@@ -116,17 +116,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
         faults.train_step_done(step)
         if t.eval_every and step % t.eval_every == 0 and step < t.steps and eval_info is not None:
             every = next(iter(evaluation.modality_sets(cfg.inputs.modalities)))  # all modalities together
-            result = _evaluate(model, eval_info, cfg, device, autocast, rank, world, (every,))
+            result = _evaluate(model, eval_info, cfg, device=device, autocast=autocast, rank=rank, world=world,
+                               sets=(every,))
             if log:
                 log.add(eval_record(result, step, cfg.inputs.modalities))
                 say(f"eval step {step}: {every} mAP={result[every]['mAP']:.3f}")
         if step % t.checkpoint_every == 0 or step == t.steps:
-            _report(model, optimizer, schedule, step, steps_per_epoch, metrics, rank, log)
+            _report(model, optimizer, schedule, step=step, steps_per_epoch=steps_per_epoch, metrics=metrics, rank=rank,
+                    log=log)
 
     sets = tuple(evaluation.modality_sets(cfg.inputs.modalities))
-    result = _evaluate(model, eval_info, cfg, device, autocast, rank, world, sets) if eval_info is not None else None
+    result = None if eval_info is None else _evaluate(model, eval_info, cfg, device=device, autocast=autocast,
+                                                      rank=rank, world=world, sets=sets)
     if rank == 0:
-        finish(model, info, result, cfg, out, log)
+        finish(model, info, result, cfg=cfg, out=out, log=log)
     _barrier(world)
 
 
@@ -135,7 +138,7 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def _report(model, optimizer, schedule, step: int, steps_per_epoch: int, metrics: dict, rank: int,
+def _report(model, optimizer, schedule, *, step: int, steps_per_epoch: int, metrics: dict, rank: int,
             log: MetricsLog | None) -> None:
     import ray.train
     from ray.train import Checkpoint
@@ -153,7 +156,7 @@ def _report(model, optimizer, schedule, step: int, steps_per_epoch: int, metrics
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
 
-def _evaluate(model: AVClassifier, eval_info: DatasetInfo, cfg: Config, device: torch.device, autocast, rank: int,
+def _evaluate(model: AVClassifier, eval_info: DatasetInfo, cfg: Config, *, device: torch.device, autocast, rank: int,
               world: int, sets: tuple[str, ...]) -> dict | None:
     """Every rank scores its share of the evaluation shards; rank 0 gathers them and gets the metrics."""
     part = dataclasses.replace(eval_info, shards=eval_info.shards[rank::world])

@@ -77,7 +77,11 @@ def log_mel(wave: np.ndarray, audio: AudioRecipe) -> np.ndarray:
 
 
 class _Audio(Modality):
-    """What both representations share: the decoded mono stream, its true length, the checks."""
+    """What both representations share: the decoded mono stream, its true length, the checks.
+
+    Each sets ``store`` (a whole segment of mono float audio in [-1, 1] -> what a shard stores) and
+    ``values`` (stored audio -> float32 model values).
+    """
 
     tag_id, streams, unit, Recipe = 0, ("audio",), "samples", AudioRecipe
 
@@ -108,14 +112,6 @@ class _Audio(Modality):
         if audio.shape != self.window_shape:
             raise ValueError(f"audio window of shape {audio.shape}")
         return audio
-
-    def store(self, wave: np.ndarray) -> np.ndarray:
-        """What a shard stores for a whole segment of mono float audio in [-1, 1]."""
-        raise NotImplementedError
-
-    def values(self, stored: np.ndarray) -> np.ndarray:
-        """float32 model values of stored audio."""
-        raise NotImplementedError
 
 
 @register

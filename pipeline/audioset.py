@@ -40,14 +40,8 @@ def read_segments(
                 continue
             ytid = fields[0].strip()
             if len(fields) != 4 or not ytid:
-                out.fail(
-                    ytid,
-                    None,
-                    None,
-                    "malformed_row",
-                    f'{len(fields)} fields, expected YTID, start_seconds, end_seconds, "labels"',
-                    source,
-                )
+                out.fail(ytid, None, None, "malformed_row",
+                         f'{len(fields)} fields, expected YTID, start_seconds, end_seconds, "labels"', source)
                 continue
             try:
                 start, end = times(fields[1], fields[2])

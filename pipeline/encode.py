@@ -58,8 +58,8 @@ def encode_clip(row: ClipRow, options: EncodeOptions, tags: dict[str, dict] | No
             "source": row.source, "modalities": tags if tags is not None else modality.tags(mods)}
     sample = clip_sample(row.key, clip, mods, meta)
     members = shards.sample_members(sample)
-    index_row = as_dict(IndexRow(row.key, row.ytid, row.start, row.end, "", row.labels,
-                                 sum(len(b) for _, b in members), row.source))
+    index_row = as_dict(IndexRow(key=row.key, ytid=row.ytid, start=row.start, end=row.end, shard="", labels=row.labels,
+                                 bytes=sum(len(b) for _, b in members), source=row.source))
     for m in mods:
         index_row.update({f"has_{m.name}": sample.meta[f"has_{m.name}"], m.length_key: sample.meta[m.length_key]})
     return ClipResult(row.key, index_row=dict(index_row, labels=list(row.labels)), members=members)

@@ -72,21 +72,12 @@ class Rows:
         self.failures: list[RowFailure] = []
         self.first_source: dict[str, str] = {}
 
-    def fail(
-        self, ytid: str, start: float | None, end: float | None, error: str, message: str, source: str
-    ) -> None:
-        self.failures.append(RowFailure(make_key(ytid, start), ytid, start, end, "source", error, message, source))
+    def fail(self, ytid: str, start: float | None, end: float | None, error: str, message: str, source: str) -> None:
+        self.failures.append(RowFailure(key=make_key(ytid, start), ytid=ytid, start=start, end=end, stage="source",
+                                        error=error, message=message, source=source))
 
-    def add(
-        self,
-        ytid: str,
-        start: float | None,
-        end: float | None,
-        labels: Sequence[object],
-        find: Callable[[Any], int | None],
-        path: str | None,
-        source: str,
-    ) -> bool:
+    def add(self, ytid: str, start: float | None, end: float | None, labels: Sequence[object],
+            find: Callable[[Any], int | None], path: str | None, source: str) -> bool:
         """Record a well-formed row as a clip or a failure; True when it became a clip."""
         indexes: set[int] = set()
         for label in labels:
@@ -96,14 +87,8 @@ class Rows:
                     continue
             index = find(label)
             if index is None:
-                self.fail(
-                    ytid,
-                    start,
-                    end,
-                    f"unknown_label:{label}",
-                    f"label {label!r} is not in the class list: fix the row or the labels file",
-                    source,
-                )
+                self.fail(ytid, start, end, f"unknown_label:{label}",
+                          f"label {label!r} is not in the class list: fix the row or the labels file", source)
                 return False
             indexes.add(index)
         if not indexes:
@@ -111,17 +96,12 @@ class Rows:
             return False
         key = make_key(ytid, start)
         if key in self.first_source:
-            self.fail(
-                ytid,
-                start,
-                end,
-                "duplicate",
-                f"same clip (key {key}) as {self.first_source[key]}, which is kept",
-                source,
-            )
+            self.fail(ytid, start, end, "duplicate", f"same clip (key {key}) as {self.first_source[key]}, which is kept",
+                      source)
             return False
         self.first_source[key] = source
-        self.rows.append(ClipRow(key, ytid, start, end, tuple(sorted(indexes)), path, source))
+        self.rows.append(ClipRow(key=key, ytid=ytid, start=start, end=end, labels=tuple(sorted(indexes)), path=path,
+                                 source=source))
         return True
 
 

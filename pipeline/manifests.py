@@ -70,9 +70,7 @@ def read_manifest(path: PathLike, classes: Sequence[LabelClass]) -> tuple[list[C
         data_rows += 1
         source = f"{path.name}:{number}"
         if record is None:
-            out.fail(
-                "", None, None, "malformed_row", "the row does not have one field per header column", source
-            )
+            out.fail("", None, None, "malformed_row", "the row does not have one field per header column", source)
             continue
         media = record.get("path")
         key = record.get("key")

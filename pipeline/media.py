@@ -102,22 +102,14 @@ def resolve_media(
             if name in names_in(directory):
                 found.append(row)
             else:
-                failures.append(
-                    RowFailure.for_row(row, "source", "missing_file", f"{row.path} does not exist")
-                )
+                failures.append(RowFailure.for_row(row, "source", "missing_file", f"{row.path} does not exist"))
             continue
         if pattern is not None:
             try:
                 name = pattern.format(**_pattern_fields(row))
             except KeyError as err:
-                failures.append(
-                    RowFailure.for_row(
-                        row,
-                        "source",
-                        "missing_file",
-                        f"pattern {pattern!r} needs {err.args[0]} but the row has none",
-                    )
-                )
+                failures.append(RowFailure.for_row(row, "source", "missing_file",
+                                                   f"pattern {pattern!r} needs {err.args[0]} but the row has none"))
                 continue
             wanted = f"{name} in {folder}"
             name = name if name in names_in(folder) else None

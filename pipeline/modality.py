@@ -1,22 +1,10 @@
 """What a modality is, and the registry that finds one by name.
 
 A modality *kind* (``Video``, ``RawAudio``, ``LogMelAudio``, or a class outside the package) is
-one object that knows everything the data path does with that modality, from the decoded clip
-to the model's tokens:
-
-==================  =====================================================================
-recipe fields       ``Recipe``, a dataclass: ``data.video``, ``data.audio``, or
-                    ``data.custom.<name>`` (which also names the kind, see ``bind``)
-decoding            ``streams``: the container streams it is derived from; ``encode``
-                    turns the decoded clip into its stored content and its metadata
-storage             ndarray content becomes ``<key>.<name>.npy``, a list of JPEG frames
-                    ``<key>.<name>.mjpeg`` (``pipeline.shards``)
-presence            ``extent``: seconds of real content from the clip's start (0 = absent)
-training window     ``window``: the window that starts at a given second, as an array
-tokens              ``tokens``: a batch of windows -> (B, M, C) normalised patch tokens
-Fourier grid        ``spec``: the patch grid, content width and bands (``ModalitySpec``)
-==================  =====================================================================
-
+one object that knows everything the data path does with that modality, from the decoded clip to
+the model's tokens: its recipe fields, the streams it is decoded from, what it stores (an array
+becomes ``<key>.<name>.npy``, JPEG frames ``<key>.<name>.mjpeg``), its presence as an extent in
+time, how a training window is cut, how it becomes tokens, and its Fourier grid (``Modality``).
 Preprocessing, the shard reader, the loader, the input array and evaluation iterate over the
 configured modalities (``bind``) and never name one.
 """
@@ -78,66 +66,52 @@ class ModalitySpec:
 
 
 class Modality:
-    """One modality kind bound to its recipe. Subclasses set the class attributes and the methods."""
+    """One modality kind bound to its recipe: ``name`` (in configs, shards, batches), ``recipe`` and ``data``.
+
+    A kind sets the class attributes below and implements:
+
+    - ``step_s``: seconds between possible window starts (video 1/fps, raw audio 1/rate, log-mel hop/rate);
+    - ``window_units``: window starts in one model window; ``window_shape``: one window's array shape;
+    - ``spec``: its ``ModalitySpec`` (patch grid, content width, Fourier bands);
+    - ``real_units(clip)``: (the file has its stream, true length in units) of a ``DecodedClip``;
+    - ``encode(clip)``: (stored content, its ``meta[name]`` record, holding the stored length as ``[unit]``);
+    - ``window(content, meta, start_s)``: the window from ``start_s`` seconds, an array of ``window_shape``
+      (ValueError, or OSError and SyntaxError from a damaged JPEG, when unusable);
+    - ``tokens(windows)``: (B, *window_shape) windows on the device -> (B, M_m, C_m) float patch tokens.
+    """
 
     kind: ClassVar[str]  # registered name
     tag_id: ClassVar[int]  # stable id in shard tags: a shard written today means the same next year
     streams: ClassVar[tuple[str, ...]]  # container streams decoded for it
-    unit: ClassVar[str]  # what its stored length counts ("frames", "samples"): meta["<name>_<unit>"]
+    unit: ClassVar[str]  # what its lengths count ("frames", "samples"): meta["<name>_<unit>"]
     Recipe: ClassVar[type]
     dropout: ClassVar[bool] = False  # whether whole-modality dropout (the paper's video dropout) applies
 
     def __init__(self, name: str, recipe: Any, data: Any):
         self.name, self.recipe, self.data = name, recipe, data
 
-    # ---------------------------------------------------------------- recipe
-
-    @property
-    def step_s(self) -> float:
-        """Seconds per stored unit: window starts fall on whole units."""
-        raise NotImplementedError
-
     @property
     def unit_s(self) -> float:
-        """Seconds per unit of its true and stored lengths (``meta["<name>_<unit>"]``)."""
+        """Seconds per unit of its true and stored lengths."""
         return self.step_s
-
-    @property
-    def window_units(self) -> int:
-        """Window starts (``step_s`` apart) in one model window."""
-        raise NotImplementedError
 
     @property
     def window_s(self) -> float:
         return self.window_units * self.step_s
 
     @property
-    def spec(self) -> ModalitySpec:
-        raise NotImplementedError
+    def length_key(self) -> str:
+        return f"{self.name}_{self.unit}"
 
     def checks(self) -> list[tuple[bool, str]]:
         """(holds, message) pairs of recipe rules its types cannot express."""
         return []
-
-    # ---------------------------------------------------------------- shard side
-
-    def encode(self, clip: Any) -> tuple[Content, dict]:
-        """(stored content, its ``meta[name]`` record) of a ``pipeline.decode.DecodedClip``."""
-        raise NotImplementedError
-
-    def real_units(self, clip: Any) -> tuple[bool, int]:
-        """(the file has its stream, stored units of real content) of a decoded clip."""
-        raise NotImplementedError
 
     def meta_fields(self, clip: Any, record: dict) -> dict:
         """The sample metadata of this modality: presence, true length, padding and its record."""
         has, units = self.real_units(clip)
         return {f"has_{self.name}": has, self.length_key: units,
                 f"{self.name}_padded": units < record[self.unit], self.name: record}
-
-    @property
-    def length_key(self) -> str:
-        return f"{self.name}_{self.unit}"
 
     def extent(self, meta: dict) -> float:
         """Seconds of real content from the clip's start; 0 when the clip lacks the modality."""
@@ -146,24 +120,9 @@ class Modality:
     def stored_seconds(self, meta: dict) -> float:
         return meta[self.name][self.unit] * self.unit_s
 
-    def window(self, content: Content, meta: dict, start_s: float) -> np.ndarray:
-        """The model window that starts ``start_s`` seconds into the stored clip, as an array of
-        ``window_shape``; raises ValueError (or OSError, SyntaxError from a damaged JPEG) when unusable."""
-        raise NotImplementedError
-
-    @property
-    def window_shape(self) -> tuple[int, ...]:
-        raise NotImplementedError
-
     def blank(self) -> np.ndarray:
         """An absent window: what a missing or damaged modality becomes (its tokens are zeroed anyway)."""
         return np.zeros(self.window_shape, np.float32)
-
-    # ---------------------------------------------------------------- model side
-
-    def tokens(self, windows: Tensor) -> Tensor:
-        """(B, *window_shape) windows on the device -> (B, M_m, C_m) float patch tokens."""
-        raise NotImplementedError
 
 
 _REGISTRY: dict[str, type[Modality]] = {}

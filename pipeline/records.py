@@ -1,6 +1,6 @@
 """The records that flow between the stages, each defined once; their parquet schemas derive from them.
 
-- ``ClipRow``: one clip for the decode stage (``rows.parquet``-shaped: ``ROW_SCHEMA``);
+- ``ClipRow``: one clip for the decode stage;
 - ``RowFailure``: a row that did not become a sample, at any stage (``failures.parquet``);
 - ``IndexRow``: a stored sample (``index.parquet``), plus each modality's presence and true length.
 
@@ -50,7 +50,8 @@ class RowFailure:
     @classmethod
     def for_row(cls, row: ClipRow, stage: str, error: str, message: str) -> RowFailure:
         """The failure record of a clip row that a later step could not use."""
-        return cls(row.key, row.ytid, row.start, row.end, stage, error, message, row.source)
+        return cls(key=row.key, ytid=row.ytid, start=row.start, end=row.end, stage=stage, error=error, message=message,
+                   source=row.source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +86,4 @@ def as_dict(record) -> dict:
     return {f.metadata.get("column", f.name): getattr(record, f.name) for f in fields(record)}
 
 
-def to_table(records: Sequence, record: type) -> pa.Table:
-    """Records of one type as an Arrow table with its schema."""
-    return pa.Table.from_pylist([as_dict(r) for r in records], schema=schema(record))
-
-
-ROW_SCHEMA = schema(ClipRow)
 FAILURE_SCHEMA = schema(RowFailure)
