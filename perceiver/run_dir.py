@@ -138,10 +138,12 @@ def check_same_run(out: storage.Location, cfg: Config, info: DatasetInfo) -> Non
                                            "samples": info.num_samples}}
     if storage.exists(out.fs, path):
         held = json.loads(storage.read_bytes(out.fs, path))
+        defaults = to_dict(Config())  # a field newer than the run counts as its default
         for section in (*_RUN_DEFINING, "dataset"):
             for key, value in current[section].items():
-                if held.get(section, {}).get(key) != value:
+                was = held.get(section, {}).get(key, defaults.get(section, {}).get(key))
+                if was != value:
                     raise RunMismatchError(
-                        f"{out.uri} holds a run with {section}.{key}={held.get(section, {}).get(key)!r}, this run "
+                        f"{out.uri} holds a run with {section}.{key}={was!r}, this run "
                         f"has {value!r}: resume with the run's config and --train, or choose a new --out")
     storage.write_bytes(out.fs, path, json.dumps(current, indent=2).encode())

@@ -150,7 +150,9 @@ def test_unusable_inputs_fail_with_one_line(micro_data, tmp_path, case, message)
 
 def test_a_vggsound_layout_goes_through_the_same_stages(ray_cluster, micro_data, tmp_path):
     """A second dataset layout: VGGSound's `ytid,start,label,split` CSV, converted to a manifest."""
-    from pipeline.sources import load_labels, read_segments, vggsound_to_manifest
+    from pipeline.audioset import read_segments
+    from pipeline.labels import load_labels
+    from pipeline.manifests import vggsound_to_manifest
 
     classes = load_labels(micro_data.data / "class_labels_indices.csv")
     rows, _ = read_segments([micro_data.data / "balanced_train_segments.csv"], classes)
