@@ -5,7 +5,7 @@ Everything runs the project's own stages on synthetic textured 10 s clips (640x3
 
 1. clips/s per core of full preprocessing (``pipeline.encode.encode_clip``: decode, features,
    shard members) at the tiny and the audioset recipe, beside bare decoding
-   (``pipeline.decode.decode_clip``: decord plus resampling) on the same clips, with the split
+   (``pipeline.decode.decode_clip``: decord video, PyAV audio) on the same clips, with the split
    of the extra cost (audio features, shard members / JPEG encoding);
 2. bytes per clip of each storage encoding at the audioset recipe (video raw uint8 or JPEG at
    several qualities, audio int16 or float16 log-mel), measured as the size of a real shard
@@ -15,6 +15,12 @@ Everything runs the project's own stages on synthetic textured 10 s clips (640x3
    ``pipeline.shards.iter_samples`` and either every frame decoded or only one model
    window's frames (``perceiver.loader.crop_window``);
 4. the ratio of full preprocessing to bare decoding (target >= 0.8 at the audioset recipe);
+4b. ``decode_clip`` (both streams on the container's clock, PyAV audio, decord video) against a bare
+   decord read of the same frames and audio written here (``decord.VideoReader`` + ``get_batch`` of
+   the same frame indices, ``decord.AudioReader``), one process, alternating per clip (target:
+   decode_clip >= 0.85x the bare read's clips per CPU second at the audioset recipe); and what one
+   segment of a full video (``--full-videos``: decode_clip seeks to it) costs against a trimmed clip,
+   beside the bare read of that segment (decord's AudioReader decodes the whole file's sound);
 5. the real Ray path (``jobs/preprocess.py`` with an embedded local Ray, ``--address local``)
    with 1 and 2 clips in flight against 1 and 2 plain spawned processes running
    ``encode_clip`` and writing the same shard (target: Ray at 2 workers >= 0.9x two plain
@@ -24,9 +30,10 @@ Everything runs the project's own stages on synthetic textured 10 s clips (640x3
 one thread), which stays steady when other work shares the machine; the Ray comparison needs
 wall-clock time and prints the load average around it: rerun when the load was high.
 
-    python benchmarks/preprocess.py            # 3-4 minutes on 2 cores (the first run also writes
-                                               # the 16 clips, about 5 s each)
-    python benchmarks/preprocess.py --quick    # fewer clips and repeats
+    python benchmarks/preprocess.py            # 4-5 minutes on 2 cores (the first run also writes
+                                               # the 16 clips, about 5 s each, and section 4b's
+                                               # 60 s video, about 30 s)
+    python benchmarks/preprocess.py --quick    # fewer clips and repeats (--skip-ray: no section 5)
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ from pathlib import Path
 # The project root, so `python benchmarks/preprocess.py` imports the project's packages.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import av  # noqa: E402
+import decord  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -76,10 +85,12 @@ from pipeline.decode import DecodedClip, decode_clip  # noqa: E402
 from pipeline.encode import ClipResult, EncodeOptions, encode_clip  # noqa: E402
 from pipeline.modality import Modality  # noqa: E402
 from pipeline.records import ClipRow  # noqa: E402
+from pipeline.synthetic import TEXTURED, write_clip  # noqa: E402
 
 BUDGET_BYTES = 4_000_000  # per 10 s clip, decimal megabytes
 RATIO_TARGET = 0.8  # full preprocessing / bare decoding throughput at the audioset recipe
 RAY_TARGET = 0.9  # Ray with 2 workers / two plain processes
+BARE_TARGET = 0.85  # decode_clip / a bare decord read of the same frames and audio, audioset recipe
 
 
 # ---------------------------------------------------------------- 1 and 4: per-core throughput
@@ -141,6 +152,136 @@ def measure_stages(rows: Sequence[ClipRow], data: DataConfig) -> tuple[StageCost
         costs.members += t
         costs.clips += 1
     return costs, decoded
+
+
+# ---------------------------------------------------------------- 4b: decode_clip against a bare decord read
+
+
+def bare_decord_read(path: str, data: DataConfig, width: int, height: int,
+                     start: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The frames and the sound of ``data.segment_seconds`` from ``start``, read with decord alone: what
+    decode_clip does at its core, without probing, timestamps on the container's clock or PyAV.
+
+    ``width`` x ``height`` is the source's coded size (known here; decode_clip probes it). Frames are
+    the nearest to each instant of the recipe's fps, decoded scaled with the shorter side at the
+    recipe's size and centre-cropped; the sound is decord's mono downmix at the recipe's rate.
+    """
+    size, fps = data.video.size, data.video.fps
+    scale = size / min(width, height)
+    scaled_w, scaled_h = max(size, round(width * scale)), max(size, round(height * scale))
+    reader = decord.VideoReader(path, num_threads=1, width=scaled_w, height=scaled_h)
+    starts = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0].astype(np.float64)
+    times = start + np.arange(round(data.segment_seconds * fps)) / fps
+    times = times[times < starts[-1] + 1 / fps]
+    after = np.clip(np.searchsorted(starts, times), 0, len(starts) - 1)
+    before = np.maximum(after - 1, 0)
+    indices = np.where(np.abs(times - starts[before]) <= np.abs(starts[after] - times), before, after)
+    top, left = (scaled_h - size) // 2, (scaled_w - size) // 2
+    frames = reader.get_batch(indices.tolist()).asnumpy()[:, top:top + size, left:left + size]
+    rate = data.audio.sample_rate
+    sound = decord.AudioReader(path, sample_rate=rate, mono=True)[:].asnumpy()[0]
+    first = round(start * rate)
+    return frames, sound[first:first + round(data.segment_seconds * rate)]
+
+
+@dataclass
+class BareComparison:
+    clips: int = 0
+    decode: Timing = dataclasses.field(default_factory=Timing)  # decode_clip
+    bare: Timing = dataclasses.field(default_factory=Timing)  # bare_decord_read
+    max_frame_diff: float = 0.0  # mean absolute pixel difference of the two, worst clip
+    sound_rms_ratio: float = 1.0  # RMS of decode_clip's sound / the bare read's, worst clip (|log|)
+
+
+def compare_with_bare(rows: Sequence[ClipRow], data: DataConfig, repeats: int) -> BareComparison:
+    """decode_clip and bare_decord_read of every clip, alternating which goes first."""
+    mods = bound_modalities(data)
+    size = {}
+    for row in rows:  # the coded size the bare read needs, found outside the timed part
+        with av.open(row.path) as container:
+            ctx = container.streams.video[0].codec_context
+            size[row.path] = (ctx.width, ctx.height)
+    bare_decord_read(rows[0].path, data, *size[rows[0].path])  # warm-up
+    decode_clip(rows[0].path, **decode_args(data, mods))
+    result = BareComparison()
+    for rep in range(repeats):
+        for i, row in enumerate(rows):
+            def ours(row: ClipRow = row) -> DecodedClip:
+                with timed() as t:
+                    clip = decode_clip(row.path, **decode_args(data, mods))
+                result.decode += t
+                return clip
+
+            def bare(row: ClipRow = row) -> tuple[np.ndarray, np.ndarray]:
+                with timed() as t:
+                    got = bare_decord_read(row.path, data, *size[row.path])
+                result.bare += t
+                return got
+
+            if (i + rep) % 2 == 0:
+                clip, (frames, sound) = ours(), bare()
+            else:
+                (frames, sound), clip = bare(), ours()
+            result.clips += 1
+            n = min(len(frames), clip.video_frames)
+            diff = float(np.abs(clip.video[:n].astype(np.int16) - frames[:n]).mean())
+            result.max_frame_diff = max(result.max_frame_diff, diff)
+            m = min(len(sound), clip.audio_samples)
+            ratio = float(np.sqrt(np.mean(clip.audio[:m] ** 2) / max(np.mean(sound[:m] ** 2), 1e-12)))
+            if abs(np.log(ratio)) > abs(np.log(result.sound_rms_ratio)):
+                result.sound_rms_ratio = ratio
+    return result
+
+
+def full_video(work: Path, seconds: float, segment: float) -> tuple[Path, Path]:
+    """A textured ``seconds`` s video standing for a full YouTube video, and a ``segment`` s clip of the
+    same content (the same generator and seed: the video's first ``segment`` s as a trimmed clip);
+    written once, cached."""
+    f = TEXTURED
+    paths = []
+    for length, name in ((seconds, f"full-{seconds:g}s.mp4"), (segment, f"full-{seconds:g}s.first-{segment:g}s.mp4")):
+        path = work / "clips" / name
+        if not path.exists():
+            print(f"writing a {length:g} s textured video to {path} (cached for later runs) ...", flush=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = path.with_name(f".{path.stem}.part.mp4")
+            write_clip(scratch, seconds=length, fps=f.fps, width=f.width, height=f.height,
+                       sample_rate=f.sample_rate, audio_channels=f.audio_channels, labels=(0, 6), textured=True,
+                       seed=11)
+            scratch.rename(path)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def segment_costs(full: Path, trimmed: Path, data: DataConfig, repeats: int) -> list[dict]:
+    """CPU ms of one segment: the trimmed clip, segments seeked to in the full video, and the bare
+    decord read of each (which decodes the whole file's sound); best of ``repeats`` each."""
+    mods = bound_modalities(data)
+    seconds = data.segment_seconds
+    with av.open(str(full)) as container:
+        length = container.duration / av.time_base
+        ctx = container.streams.video[0].codec_context
+        width, height = ctx.width, ctx.height
+
+    def best(run: Callable[[], object]) -> float:
+        cpu = []
+        for _ in range(repeats):
+            with timed() as t:
+                run()
+            cpu.append(t.cpu)
+        return min(cpu)
+
+    cases = [(f"trimmed {seconds:g} s clip (start=None)", str(trimmed), None)]
+    cases += [(f"segment at {start:g} s of a {length:g} s video (--full-videos)", str(full), start)
+              for start in (0.0, round((length - seconds) / 2), length - seconds)]
+    table, reference = [], None
+    for what, path, start in cases:
+        ours = best(lambda path=path, start=start: decode_clip(path, **decode_args(data, mods, start)))
+        bare = best(lambda path=path, start=start: bare_decord_read(path, data, width, height, start or 0.0))
+        reference = reference or ours
+        table.append({"what": what, "decode_clip ms": f"{1000 * ours:.0f}", "vs trimmed": f"{ours / reference:.2f}",
+                      "bare decord ms": f"{1000 * bare:.0f}", "bare vs trimmed": f"{bare / reference:.2f}"})
+    return table
 
 
 # ---------------------------------------------------------------- 2: bytes per clip
@@ -360,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser, default_clips=16)
     parser.add_argument("--qualities", type=int, nargs="+", default=[60, 70, 80, 90], help="JPEG qualities")
     parser.add_argument("--skip-ray", action="store_true", help="leave out section 5 (Ray start-up is slow)")
+    parser.add_argument("--full-seconds", type=float, default=60.0,
+                        help="length of the full video whose segments section 4b decodes (written once)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     n = clip_count(args)
@@ -410,6 +553,41 @@ def main(argv: list[str] | None = None) -> int:
     ])
     ratio = costs["audioset"].decode.cpu / costs["audioset"].encode.cpu
     results["full preprocessing / bare decoding >= 0.8 (audioset)"] = ratio >= RATIO_TARGET
+
+    # 4b
+    table, bare_ratio = [], None
+    for name in ("audioset",) if args.quick else RECIPES:
+        c = compare_with_bare(rows, configs[name].data, repeats)
+        speed = c.bare.cpu / c.decode.cpu
+        bare_ratio = speed if name == "audioset" else bare_ratio
+        table.append({
+            "recipe": name,
+            "decode_clip clips/s/core": f"{c.clips / c.decode.cpu:.2f}",
+            "bare decord clips/s/core": f"{c.clips / c.bare.cpu:.2f}",
+            "decode_clip/bare": f"{speed:.3f}",
+            "decode_clip ms": f"{1000 * c.decode.cpu / c.clips:.0f}",
+            "bare ms": f"{1000 * c.bare.cpu / c.clips:.0f}",
+            "max pixel diff": f"{c.max_frame_diff:.2f}",
+            "sound RMS ratio": f"{c.sound_rms_ratio:.3f}",
+            "load": f"{c.decode.load_before:.1f}-{c.decode.load_after:.1f}",
+        })
+    segments = segment_costs(*full_video(args.work, args.full_seconds, audioset.segment_seconds), audioset,
+                             max(3, repeats))
+    print_table("4b. decode_clip vs a bare decord read of the same frames and audio, one process", table, [
+        f"{len(rows)} clips x {repeats} pass(es), alternating order; clips/s/core = clips per process-CPU second; "
+        f"decode_clip/bare = bare CPU / decode_clip CPU (target >= {BARE_TARGET} at audioset)",
+        "bare = decord.VideoReader (scaled) + get_batch of the nearest frames + decord.AudioReader (mono); "
+        "decode_clip adds the PyAV probe, container-clock timestamps and PyAV audio (streamed)",
+        "max pixel diff = mean |decode_clip - bare| of the frames (0: the same frames); sound RMS ratio = "
+        "decode_clip's level / decord's mono downmix (decode_clip keeps the channels' level: 1/sqrt 2 for stereo)",
+    ])
+    print_table(f"4b. One segment of a full video against a trimmed clip of the same content (audioset recipe, "
+                f"CPU ms, best of {max(3, repeats)})", segments, [
+        "decode_clip seeks both streams to the segment (decord: the keyframe before it; PyAV audio: 0.2 s before "
+        "it); the bare read (what decoder version 1 did) decodes the whole file's sound for every segment; "
+        "vs trimmed = / the trimmed clip's decode_clip ms",
+    ])
+    results[f"decode_clip >= {BARE_TARGET}x a bare decord read (audioset)"] = bare_ratio >= BARE_TARGET
 
     # 2
     DECODED.update({decode_key(r.path, audioset, bound_modalities(audioset)): decoded[r.path] for r in rows})

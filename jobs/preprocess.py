@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--media-pattern", help="file name pattern with {ytid}, {start}, {end}, {start_ms}, {end_ms}")
     p.add_argument("--full-videos", action="store_true", help="media files are whole videos: seek to each segment")
     p.add_argument("--out", required=True, help="output directory or URI (s3://, gs://, shared mount)")
-    p.add_argument("--split", help="shard name prefix (default: eval if a segments file name says so, else train)")
+    p.add_argument("--split", help="shard name prefix; one starting with eval, val or test is an evaluation split, "
+                                   "which keeps clips shorter than data.min_seconds (default: eval if a segments "
+                                   "file name says so, else train)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: configs/audioset.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--retry-failed", action="store_true", help="retry only the clips in failures.parquet")
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         out=out, rows=[by_key.get(r.key, r) for r in rows], missing=missing_rows,
         source_failures=[as_dict(f) for f in failures],
         classes=classes,
-        options=EncodeOptions(cfg.data, tuple(modalities_of(cfg.data, cfg.inputs.modalities)), args.full_videos),
+        options=EncodeOptions(cfg.data, tuple(modalities_of(cfg.data, cfg.inputs.modalities)), args.full_videos,
+                              keep_short=split.startswith(("eval", "val", "test"))),
         split=split, retry_failed=args.retry_failed,
         inputs={"segments": args.segments, "manifest": args.manifest, "labels": args.labels,
                 "media_dir": args.media_dir, "media_pattern": args.media_pattern, "full_videos": args.full_videos,

@@ -24,7 +24,7 @@ from perceiver.config import ConfigError, load_config  # noqa: E402
 from perceiver.run_dir import RunMismatchError, check_same_run  # noqa: E402
 from perceiver.trainer import fit  # noqa: E402
 from pipeline import faults, storage  # noqa: E402
-from pipeline.dataset import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
+from pipeline.dataset import DatasetMismatchError, check_compatible, decoder_note, open_dataset  # noqa: E402
 from pipeline.distributed import check_reachable  # noqa: E402
 from pipeline.lock import RunLock, RunLockedError  # noqa: E402
 from pipeline.recipe import modalities_of  # noqa: E402
@@ -56,14 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         modalities = modalities_of(cfg.data, cfg.inputs.modalities)
         info = open_dataset(args.train)
         check_compatible(info, cfg.data, modalities, "--train")
+        notes = [decoder_note(info, "--train")]
         if args.eval:
             eval_info = open_dataset(args.eval)
             check_compatible(eval_info, cfg.data, modalities, "--eval")
+            notes.append(decoder_note(eval_info, "--eval"))
             if [c["mid"] for c in eval_info.classes] != [c["mid"] for c in info.classes]:
                 raise DatasetMismatchError(f"--eval {args.eval} has another class list than --train {args.train}")
     except (ConfigError, DatasetMismatchError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for note in filter(None, notes):
+        print(note, file=sys.stderr)
     out = storage.locate(args.out)
     ray.init(address=args.address, log_to_driver=True, runtime_env={"env_vars": faults.forwarded_env()})
     resources = {"CPU": args.cpus_per_worker} if args.cpus_per_worker else None

@@ -40,5 +40,5 @@ class AVClassifier(nn.Module):
     def forward(self, batch: Batch, generator: torch.Generator | None = None, return_attention: bool = False,
                 present: Mapping[str, Tensor] | None = None):
         """logits (B, num_classes); ``present`` overrides the batch's own presence flags."""
-        x, mask = self.inputs(self.tokens(batch), {**batch.present, **(present or {})}, generator)
+        x, mask = self.inputs(self.tokens(batch), {**batch.present, **(present or {})}, generator, batch.masks)
         return self.perceiver(x, mask, return_attention=return_attention)

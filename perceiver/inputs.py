@@ -77,6 +77,7 @@ class MultimodalInput(nn.Module):
         content: Mapping[str, Tensor],
         present: Mapping[str, Tensor] | None = None,
         generator: torch.Generator | None = None,
+        masks: Mapping[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Assemble the input array.
 
@@ -85,12 +86,14 @@ class MultimodalInput(nn.Module):
             present: per modality name, (B,) bool, False where a clip lacks that modality; its
                 content is zeroed in training and evaluation alike. Missing = all present.
             generator: random source for modality dropout, on the content's device.
+            masks: per modality name, (B, M_m) bool, False for padding tokens (past a stream's real
+                content). Missing = all real.
 
         Returns:
-            inputs (B, M, out_channels) and mask (B, M) bool, all True (masks are for padding).
+            inputs (B, M, out_channels) and mask (B, M) bool, the modalities' masks concatenated.
         """
         present = present or {}
-        parts = []
+        parts, real = [], []
         for spec in self.specs:
             x = content[spec.name]
             b = x.shape[0]
@@ -113,8 +116,9 @@ class MultimodalInput(nn.Module):
                     dim=-1,
                 )
             )
-        inputs = torch.cat(parts, dim=1)
-        return inputs, torch.ones(inputs.shape[:2], dtype=torch.bool, device=inputs.device)
+            real.append(masks[spec.name].to(x.device, torch.bool) if spec.name in (masks or {})
+                        else torch.ones(b, spec.num_tokens, dtype=torch.bool, device=x.device))
+        return torch.cat(parts, dim=1), torch.cat(real, dim=1)
 
 
 def _matches(given: Tensor, expected: Tensor) -> bool:

@@ -47,7 +47,7 @@ def window_starts(meta: dict, modalities: Sequence[Modality], count: int | None,
     """
     step = max(m.step_s for m in modalities)
     width = round(modalities[0].window_s / step)
-    real = max(m.extent(meta) for m in modalities)
+    real = max(m.real_span(meta)[1] for m in modalities)
     stored = min(m.stored_seconds(meta) for m in modalities)
     last = min(max(0, math.floor(real / step + 1e-6) - width), math.floor(stored / step + 1e-6) - width)
     if rng is not None:
@@ -74,7 +74,8 @@ def crop_window(sample: shards.Sample, modality: Modality, start_s: float) -> tu
 @dataclass
 class Batch:
     content: dict[str, torch.Tensor]  # per modality: (B, *window_shape) windows
-    present: dict[str, torch.Tensor]  # per modality: bool (B,), False where a window lacks it
+    present: dict[str, torch.Tensor]  # per modality: bool (B,), False where a window holds none of it
+    masks: dict[str, torch.Tensor]  # per modality: bool (B, M_m), False for tokens past its real content
     labels: torch.Tensor  # float32 (B, num_classes) multi-hot
     crops: int = 1  # windows per clip (eval): rows are clip-major
 
@@ -89,15 +90,14 @@ class Batch:
         return self._map(lambda t: t[start:stop], 1)
 
     def _map(self, fn, crops: int) -> Batch:
-        return Batch({k: fn(v) for k, v in self.content.items()}, {k: fn(v) for k, v in self.present.items()},
+        return Batch(*({k: fn(v) for k, v in d.items()} for d in (self.content, self.present, self.masks)),
                      fn(self.labels), crops)
 
 
 def assemble(samples: Sequence[shards.Sample], starts: Sequence[Sequence[float]], modalities: Sequence[Modality],
              num_classes: int) -> Batch:
     """Crop each sample's windows and stack them into one batch (clip-major, crops inner)."""
-    content = {m.name: [] for m in modalities}
-    present = {m.name: [] for m in modalities}
+    content, present, masks = ({m.name: [] for m in modalities} for _ in range(3))
     labels = []
     for sample, sample_starts in zip(samples, starts, strict=True):
         target = np.zeros(num_classes, np.float32)
@@ -105,11 +105,16 @@ def assemble(samples: Sequence[shards.Sample], starts: Sequence[Sequence[float]]
         for start in sample_starts:
             for m in modalities:
                 window, ok = crop_window(sample, m, start)
+                mask = m.token_mask(sample.meta, start)
+                # A window with none of the modality flags it absent: zeroed and unmasked, as video
+                # dropout trains; one that runs past its real content masks the tokens beyond it.
+                present[m.name].append(ok and bool(mask.any()))
+                masks[m.name].append(mask if mask.any() else ~mask)
                 content[m.name].append(window)
-                present[m.name].append(bool(sample.meta[f"has_{m.name}"]) and ok)
             labels.append(target)
     return Batch({k: torch.from_numpy(np.stack(v)) for k, v in content.items()},
-                 {k: torch.tensor(v) for k, v in present.items()}, torch.from_numpy(np.stack(labels)),
+                 {k: torch.tensor(v) for k, v in present.items()},
+                 {k: torch.from_numpy(np.stack(v)) for k, v in masks.items()}, torch.from_numpy(np.stack(labels)),
                  crops=len(starts[0]) if starts else 1)
 
 

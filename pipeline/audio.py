@@ -95,8 +95,8 @@ class _Audio(Modality):
                 (self.window_units % a.patch == 0,
                  f"one audio window (samples, or log-mel frames) must divide by {at}.patch")]
 
-    def real_units(self, clip) -> tuple[bool, int]:
-        return clip.has_audio, clip.audio_samples
+    def real_units(self, clip) -> tuple[bool, int, int]:
+        return clip.has_audio, clip.audio_first, clip.audio_samples
 
     def encode(self, clip) -> tuple[Content, dict]:
         stored = self.store(clip.audio)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import shards, storage
+from pipeline.decode import DECODER_VERSION
 from pipeline.modality import Modality
 from pipeline.recipe import DataConfig, recipe_differences
 
@@ -27,6 +28,7 @@ class DatasetInfo:
     # float32 (M_m, F_m) per modality, read once from the first shard's __fourier__ entry; the model
     # takes them (and checks them against its own) when the config's fourier_source is "shard".
     position_features: dict[str, np.ndarray] = field(default_factory=dict)
+    decoder_version: int = DECODER_VERSION  # of the run that wrote it (1: before dataset.json recorded it)
 
     @property
     def class_names(self) -> list[str]:
@@ -47,7 +49,18 @@ def open_dataset(root: str) -> DatasetInfo:
     if not paths:
         raise DatasetMismatchError(f"{loc.uri}: the dataset has no shards (see its failures.parquet)")
     return DatasetInfo(loc.uri, paths, int(meta["counts"]["samples"]), tuple(meta["classes"]), meta["recipe"],
-                       shards.read_fourier(paths[0])[1])
+                       position_features=shards.read_fourier(paths[0])[1],
+                       decoder_version=meta.get("decoder_version", 1))
+
+
+def decoder_note(info: DatasetInfo, where: str) -> str | None:
+    """A line for a dataset an older decoder wrote, saying what differs and how to redo it; None if current."""
+    if info.decoder_version >= DECODER_VERSION:
+        return None
+    return (f"note: {where} {info.root} was decoded by decoder version {info.decoder_version}, before both streams "
+            f"shared the container's clock: a clip whose video starts after its audio has its picture up to that "
+            f"offset early, and padding is not told from content. It trains as it is; rerun jobs/preprocess.py with "
+            f"the inputs its dataset.json lists into a new --out to decode it again.")
 
 
 def check_compatible(info: DatasetInfo, data: DataConfig, modalities: Sequence[Modality], where: str = "--train") -> None:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pipeline import faults, modality, records, shards, storage
 from pipeline.dataset import DatasetMismatchError
+from pipeline.decode import DECODER_VERSION
 from pipeline.encode import EncodeOptions, encode_clip, failure_row, plan_shards
 from pipeline.labels import LabelClass
 from pipeline.recipe import recipe_record
@@ -237,6 +238,7 @@ def _finalize(job: PreprocessJob, recipe: dict, started: float) -> Summary:
             job.out.fs.delete_file(path)
     dataset = {
         "schema_version": shards.SCHEMA_VERSION,
+        "decoder_version": DECODER_VERSION,
         "split": job.split,
         "recipe": recipe,
         "classes": [{"index": c.index, "mid": c.mid, "name": c.name} for c in job.classes],

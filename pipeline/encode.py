@@ -25,6 +25,7 @@ class EncodeOptions:
     data: DataConfig
     modalities: tuple[Modality, ...]  # pipeline.recipe.modalities_of(data, names)
     full_videos: bool = False  # media files are whole videos: seek to the segment's start
+    keep_short: bool = False  # an evaluation split: no clip is too short (see DataConfig.min_seconds)
     decoder: Decoder = decode_at_recipe  # a benchmark hands in a stand-in
 
 
@@ -48,12 +49,13 @@ def encode_clip(row: ClipRow, options: EncodeOptions, tags: dict[str, dict] | No
         clip = options.decoder(row.path, options.data, mods, start=row.start if options.full_videos else None)
     except DecodeError as err:
         return ClipResult(row.key, failure=failure_row(row, "decode", err.reason, str(err)))
-    # A clip shorter than one model window holds no full training example in any modality.
-    window_s = mods[0].window_s
-    seconds_present = max(units * m.unit_s if has else 0.0 for m in mods for has, units in [m.real_units(clip)])
-    if seconds_present + 1e-6 < window_s:
-        return ClipResult(row.key, failure=failure_row(
-            row, "decode", "too_short", f"{row.path}: {seconds_present:.2f} s of media, one window needs {window_s:.2f} s"))
+    needed = 0.0 if options.keep_short else options.data.min_seconds
+    needed = mods[0].window_s if needed is None else needed
+    seconds_present = max((end - first) * m.unit_s if has else 0.0
+                          for m in mods for has, first, end in [m.real_units(clip)])
+    if seconds_present + 1e-6 < needed:
+        return ClipResult(row.key, failure=failure_row(row, "decode", "too_short", (
+            f"{row.path}: {seconds_present:.2f} s of media, a training clip needs {needed:.2f} s (data.min_seconds)")))
     meta = {"ytid": row.ytid, "start_seconds": row.start, "end_seconds": row.end, "labels": list(row.labels),
             "source": row.source, "modalities": tags if tags is not None else modality.tags(mods)}
     sample = clip_sample(row.key, clip, mods, meta)

@@ -72,8 +72,10 @@ class Modality:
 
     - ``step_s``: seconds between possible window starts (video 1/fps, raw audio 1/rate, log-mel hop/rate);
     - ``window_units``: window starts in one model window; ``window_shape``: one window's array shape;
-    - ``spec``: its ``ModalitySpec`` (patch grid, content width, Fourier bands);
-    - ``real_units(clip)``: (the file has its stream, true length in units) of a ``DecodedClip``;
+    - ``spec``: its ``ModalitySpec`` (patch grid, content width, Fourier bands); the grid's first axis is
+      time, its slots spanning the window evenly;
+    - ``real_units(clip)``: (the file has its stream, first unit of real content, end of real content) of
+      a ``DecodedClip``;
     - ``encode(clip)``: (stored content, its ``meta[name]`` record, holding the stored length as ``[unit]``);
     - ``window(content, meta, start_s)``: the window from ``start_s`` seconds, an array of ``window_shape``
       (ValueError, or OSError and SyntaxError from a damaged JPEG, when unusable);
@@ -109,13 +111,26 @@ class Modality:
 
     def meta_fields(self, clip: Any, record: dict) -> dict:
         """The sample metadata of this modality: presence, true length, padding and its record."""
-        has, units = self.real_units(clip)
-        return {f"has_{self.name}": has, self.length_key: units,
-                f"{self.name}_padded": units < record[self.unit], self.name: record}
+        has, first, end = self.real_units(clip)
+        return {f"has_{self.name}": has, f"{self.name}_first": first, self.length_key: end,
+                f"{self.name}_padded": first > 0 or end < record[self.unit], self.name: record}
 
-    def extent(self, meta: dict) -> float:
-        """Seconds of real content from the clip's start; 0 when the clip lacks the modality."""
-        return meta[self.length_key] * self.unit_s if meta[f"has_{self.name}"] else 0.0
+    def real_span(self, meta: dict) -> tuple[float, float]:
+        """(first, end) seconds of real content from the clip's start; (0, 0) when the clip lacks it.
+
+        Before the decoder put every stream on one clock, real content always began at 0 (a sample
+        without ``<name>_first``)."""
+        if not meta[f"has_{self.name}"]:
+            return 0.0, 0.0
+        return meta.get(f"{self.name}_first", 0) * self.unit_s, meta[self.length_key] * self.unit_s
+
+    def token_mask(self, meta: dict, start_s: float) -> np.ndarray:
+        """(M_m,) bool: the tokens of the window from ``start_s`` whose time slot overlaps real content."""
+        first, end = self.real_span(meta)
+        slots = self.spec.grid[0]
+        edges = start_s + self.window_s * np.arange(slots + 1) / slots
+        real = (edges[:-1] < end - 1e-9) & (edges[1:] > first + 1e-9)
+        return np.repeat(real, self.spec.num_tokens // slots)
 
     def stored_seconds(self, meta: dict) -> float:
         return meta[self.name][self.unit] * self.unit_s

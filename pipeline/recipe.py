@@ -29,6 +29,10 @@ class DataConfig:
     audio: AudioRecipe = field(default_factory=AudioRecipe)
     # Modalities of other kinds, by name: {kind: "registered name or module:Class", <its recipe fields>}.
     custom: dict[str, Any] = field(default_factory=dict)
+    # Training clips with less real content are recorded as too_short. None: one model window, since a
+    # shorter clip's every training window is mostly padding. Evaluation splits keep every clip that
+    # decodes (padded and masked), so their mAP covers the whole list.
+    min_seconds: float | None = None
     shard_size: int = 64  # clips per shard
     # "shard": the trainer reads the features the shards carry, checks them against the model's own
     # fourier_features and feeds them to the model; "device": the model computes them (identical values).

@@ -4,7 +4,7 @@ A shard is a POSIX tar file. Its first entry has the key ``__fourier__`` and hol
 modality, the Fourier position features of the recipe's window grid, once per shard:
 
     __fourier__.json              {"schema_version", "modalities": {name: tag}} (tag: see
-                                  pipeline.features.modality_tag: name, id, grid, Fourier spec)
+                                  pipeline.modality.tags: name, id, grid, Fourier spec)
     __fourier__.<name>.npy        float32 (num_tokens, fourier_channels) for each modality
 
 Then one sample per clip, members named ``<key>.<ext>`` (keys hold no dots, since webdataset
@@ -236,11 +236,14 @@ def _decode(raw: dict, stats: ReadStats, decode_frames: bool) -> Sample | None:
                 content[modality] = decode_jpeg_frames(frames) if decode_frames else frames
         # Every modality the JSON declares (has_<name>) must be stored, or the sample is incomplete.
         if missing := [k[4:] for k in meta if k.startswith("has_") and k[4:] not in content]:
-            raise ShardFormatError(f"no {missing[0]} member, though the JSON declares that modality")
+            raise ShardFormatError(f"no {missing[0]} member, though its JSON declares that modality")
         return Sample(raw["__key__"], meta, content, raw["__url__"])
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         stats.incomplete_samples.append(name)
-        why = f"no {err.args[0]!r} entry" if isinstance(err, KeyError) else str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, KeyError):
+            why = "no .json member" if err.args[0] == "json" else f"its JSON lacks the field {err.args[0]!r}"
+        else:
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
         log.warning("skipping sample %s: %s", name, why)
         return None
 

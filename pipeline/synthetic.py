@@ -9,6 +9,7 @@ model needs both modalities to score well. Every event lasts the whole clip, so 
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -232,12 +233,58 @@ def _audio(labels: Sequence[int], num_samples: int, sample_rate: int, channels: 
 # code, it seems: asm=avx2 or asm=0 fixed it too); without it the output is reproducible.
 _ENCODER_OPTIONS = {"h264": {"mbtree": "0"}, "libx264": {"mbtree": "0"}}
 
+# Container format by file suffix; anything else is written as mp4.
+_CONTAINERS = {".mkv": "matroska", ".webm": "webm", ".m4a": "ipod", ".mov": "mov"}
+
+
+def container_format(path: str | Path) -> str:
+    """The FFmpeg muxer for ``path``'s suffix: matroska, webm, ipod (``.m4a``), mov or mp4."""
+    return _CONTAINERS.get(Path(path).suffix.lower(), "mp4")
+
+
+def _write_streams(path: str | Path, *, frames: Iterator[np.ndarray] | None, fps: float, width: int, height: int,
+                   samples: np.ndarray | None, sample_rate: int, video_codec: str, audio_codec: str) -> None:
+    """Encode RGB ``frames`` and ``samples`` ((channels, n) float32) into ``path``, interleaved like an upload."""
+    layout = "mono" if samples is None or samples.shape[0] == 1 else "stereo"
+    with av.open(str(path), "w", format=container_format(path)) as container:
+        if frames is not None:
+            vstream = container.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1001),
+                                           options=_ENCODER_OPTIONS.get(video_codec, {}))
+            vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
+            vstream.codec_context.gop_size = max(1, round(2 * fps))  # a keyframe every 2 s, like uploads
+        if samples is not None:
+            astream = container.add_stream(audio_codec, rate=sample_rate, layout=layout)
+            astream.bit_rate = 64000 * samples.shape[0]
+        sent = 0  # audio samples encoded so far
+
+        def send_audio(upto: int) -> None:
+            nonlocal sent
+            if samples is not None and upto > sent:
+                chunk = np.ascontiguousarray(np.clip(samples[:, sent:upto], -1, 1))
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+                frame.sample_rate, frame.pts = sample_rate, sent
+                container.mux(astream.encode(frame))
+                sent = upto
+
+        if frames is not None:
+            # Audio goes in step with the frames so the file is interleaved like a real upload.
+            for i, pixels in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                frame.pts = i
+                container.mux(vstream.encode(frame))
+                send_audio(round((i + 1) / fps * sample_rate))
+            container.mux(vstream.encode(None))
+        if samples is not None:
+            send_audio(samples.shape[1])
+            container.mux(astream.encode(None))
+
 
 def write_clip(path: str | Path, *, seconds: float, fps: float, width: int, height: int, sample_rate: int,
                labels: Sequence[int] = (), audio_channels: int = 1, video: bool = True, audio: bool = True,
                textured: bool = False, seed: int = 0, video_codec: str = "h264",
                audio_codec: str = "aac") -> None:
-    """Write one mp4 showing/sounding the classes in ``labels``.
+    """Write one clip showing/sounding the classes in ``labels``, in the container its suffix names
+    (mp4 unless ``.mkv``, ``.webm``, ``.m4a`` or ``.mov``; see ``container_format``).
 
     ``video=False`` or ``audio=False`` leaves that stream out. ``width`` and ``height``
     must be even (4:2:0 chroma). Other codecs (``"mpeg4"``, ``"libsvtav1"``,
@@ -245,39 +292,131 @@ def write_clip(path: str | Path, *, seconds: float, fps: float, width: int, heig
     """
     # Separate generators, so a clip's sound does not depend on whether its video was written.
     video_rng, audio_rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
-    layout = "mono" if audio_channels == 1 else "stereo"
     samples = _audio(labels, round(seconds * sample_rate), sample_rate, audio_channels, audio_rng)
-    with av.open(str(path), "w", format="mp4") as container:
-        if video:
-            vstream = container.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1001),
-                                           options=_ENCODER_OPTIONS.get(video_codec, {}))
-            vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-            vstream.codec_context.gop_size = max(1, round(2 * fps))  # a keyframe every 2 s, like uploads
-        if audio:
-            astream = container.add_stream(audio_codec, rate=sample_rate, layout=layout)
-            astream.bit_rate = 64000 * audio_channels
-        sent = 0  # audio samples encoded so far
+    frames = _frames(labels, round(seconds * fps), fps, width, height, textured, video_rng) if video else None
+    _write_streams(path, frames=frames, fps=fps, width=width, height=height, samples=samples if audio else None,
+                   sample_rate=sample_rate, video_codec=video_codec, audio_codec=audio_codec)
 
-        def send_audio(upto: int) -> None:
-            nonlocal sent
-            if audio and upto > sent:
-                chunk = np.ascontiguousarray(np.clip(samples[:, sent:upto], -1, 1))
-                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-                frame.sample_rate, frame.pts = sample_rate, sent
-                container.mux(astream.encode(frame))
-                sent = upto
 
-        if video:
-            # Audio goes in step with the frames so the file is interleaved like a real upload.
-            for i, pixels in enumerate(_frames(labels, round(seconds * fps), fps, width, height, textured, video_rng)):
-                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-                frame.pts = i
-                container.mux(vstream.encode(frame))
-                send_audio(round((i + 1) / fps * sample_rate))
-            container.mux(vstream.encode(None))
-        send_audio(samples.shape[1])
-        if audio:
-            container.mux(astream.encode(None))
+# ---------------------------------------------------------------------------- remuxed files
+#
+# What real downloads look like after a remux: streams that start at different times, several
+# audio tracks of which one is marked default.
+
+
+def remux(src: str | Path, dst: str | Path, *, video_delay_s: float = 0.0, audio_delay_s: float = 0.0,
+          rotation: int = 0, faststart: bool = False) -> Path:
+    """Copy ``src``'s packets into ``dst`` (container by its suffix) without re-encoding.
+
+    ``video_delay_s`` / ``audio_delay_s`` move every packet of that kind of stream later on the
+    file's clock, so the stream starts that much after the other (an mp4 gets an empty edit, a
+    Matroska file later block timestamps). ``rotation`` sets a display matrix on the video;
+    ``faststart`` puts an mp4's index in front.
+    """
+    dst = Path(dst)
+    options = {"movflags": "faststart"} if faststart else {}
+    delays = {"video": video_delay_s, "audio": audio_delay_s}
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format=container_format(dst), options=options) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        if rotation:
+            for s in inp.streams.video:
+                streams[s.index].set_display_rotation(rotation)
+        shifts = {s.index: round(delays.get(s.type, 0.0) / s.time_base) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.size == 0:  # the demuxer's end-of-stream marker carries no data
+                continue
+            # A Matroska packet may lack a dts (a B-frame's is not stored): skipping it loses the keyframe.
+            if shift := shifts[packet.stream.index]:
+                packet.pts = None if packet.pts is None else packet.pts + shift
+                packet.dts = None if packet.dts is None else packet.dts + shift
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return dst
+
+
+def write_multitrack_clip(path: str | Path, *, tracks: Sequence[Sequence[int]], default: int, seconds: float,
+                          fps: float, width: int, height: int, sample_rate: int, video_labels: Sequence[int] = (),
+                          seed: int = 0) -> Path:
+    """A clip with one video stream and one audio stream per entry of ``tracks`` (the audio labels
+    of each), where only track ``default`` carries the default disposition (what yt-dlp and
+    players pick: the decoder must too). Written as ``.mkv`` by callers, any container works."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        sources = []
+        for number, labels in enumerate(tracks):
+            src = Path(scratch) / f"track{number}.mp4"
+            write_clip(src, seconds=seconds, fps=fps, width=width, height=height, sample_rate=sample_rate,
+                       labels=(*video_labels, *labels), video=number == 0, seed=seed * 101 + number)
+            sources.append(src)
+        inputs = [av.open(str(src)) for src in sources]
+        try:
+            with av.open(str(path), "w", format=container_format(path)) as out:
+                mapping = {}
+                for number, inp in enumerate(inputs):
+                    for s in inp.streams:
+                        mapping[number, s.index] = made = out.add_stream_from_template(s)
+                        if s.type == "audio":
+                            made.disposition = (av.stream.Disposition.default if number == default
+                                                else av.stream.Disposition(0))
+                        else:
+                            made.disposition = av.stream.Disposition.default
+                for number, inp in enumerate(inputs):
+                    for packet in inp.demux():
+                        if packet.size:
+                            packet.stream = mapping[number, packet.stream.index]
+                            out.mux(packet)
+        finally:
+            for inp in inputs:
+                inp.close()
+    return path
+
+
+# ---------------------------------------------------------------------------- a sync test clip
+
+SYNC_EVENT_S = 1.0  # where write_sync_clip puts its flash and its beep, before any delay
+SYNC_BEEP_HZ = 1000.0
+_SYNC_CODECS = {"webm": ("libvpx-vp9", "libopus")}  # other containers: H.264 + AAC
+
+
+def write_sync_clip(path: str | Path, *, video_delay_s: float = 0.0, audio_delay_s: float = 0.0,
+                    seconds: float = 3.0, event_s: float = SYNC_EVENT_S, fps: float = 25.0, width: int = 64,
+                    height: int = 64, sample_rate: int = 48000) -> Path:
+    """A flash (one white frame) and a beep (a 40 ms tone burst) written at the same instant,
+    ``event_s``, over dark frames and near-silence; then remuxed into ``path`` (container by suffix:
+    H.264/AAC, or VP9/Opus for ``.webm``) with the video or the audio stream starting
+    ``video_delay_s`` / ``audio_delay_s`` later.
+
+    A decoder that keeps both streams on the file's clock shows the flash
+    ``video_delay_s - audio_delay_s`` seconds after the beep starts (see ``flash_and_beep``).
+    """
+    path = Path(path)
+    video_codec, audio_codec = _SYNC_CODECS.get(container_format(path), ("h264", "aac"))
+    rng = np.random.default_rng(0)
+    flash = round(event_s * fps)
+
+    def frames() -> Iterator[np.ndarray]:
+        for i in range(round(seconds * fps)):
+            level = 255 if i == flash else 20
+            yield np.full((height, width, 3), level, np.uint8)
+
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    burst = (t >= event_s) & (t < event_s + 0.04)
+    samples = 0.002 * rng.standard_normal(t.shape) + 0.5 * burst * np.sin(2 * np.pi * SYNC_BEEP_HZ * (t - event_s))
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        src = Path(scratch) / f"src{path.suffix}"
+        _write_streams(src, frames=frames(), fps=fps, width=width, height=height,
+                       samples=samples[None].astype(np.float32), sample_rate=sample_rate,
+                       video_codec=video_codec, audio_codec=audio_codec)
+        return remux(src, path, video_delay_s=video_delay_s, audio_delay_s=audio_delay_s)
+
+
+def flash_and_beep(video: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
+    """Seconds from a decoded window's start to the flash (its brightest frame) and to the beep's
+    onset (where the sound first reaches half its peak) of a ``write_sync_clip`` file."""
+    flash = int(np.argmax(video.reshape(len(video), -1).mean(axis=1))) / fps
+    loud = np.abs(audio)
+    beep = int(np.argmax(loud >= 0.5 * loud.max())) / sample_rate
+    return flash, beep
 
 
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"

@@ -74,8 +74,8 @@ class Video(Modality):
                 (len(v.patch) == 3 and v.size % v.patch[1] == 0 and v.size % v.patch[2] == 0,
                  f"{at}.size must divide by the patch height and width")]
 
-    def real_units(self, clip) -> tuple[bool, int]:
-        return clip.has_video, clip.video_frames
+    def real_units(self, clip) -> tuple[bool, int, int]:
+        return clip.has_video, clip.video_first, clip.video_frames
 
     def encode(self, clip) -> tuple[Content, dict]:
         v = self.recipe

@@ -54,8 +54,8 @@ class Envelope(Modality):
     def checks(self) -> list[tuple[bool, str]]:
         return [(self.recipe.window_frames % self.recipe.patch == 0, "envelope window must divide by its patch")]
 
-    def real_units(self, clip) -> tuple[bool, int]:
-        return clip.has_audio, clip.audio_samples
+    def real_units(self, clip) -> tuple[bool, int, int]:
+        return clip.has_audio, clip.audio_first, clip.audio_samples
 
     def encode(self, clip) -> tuple[Content, dict]:
         hop = self.recipe.hop_length

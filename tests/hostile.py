@@ -9,8 +9,9 @@ happens to do today:
 * a row becomes a sample only when every stream the file holds is decoded truthfully
   (never a silent audio-only sample because a video stream could not be decoded), with the
   real lengths recorded (a truncated file records the sound it really holds, not what its
-  header claims), the sound on the picture's clock (a track that starts late keeps its
-  silence in front) and as loud as its channels whatever their layout;
+  header claims), both streams on the file's clock (a track that starts late, sound or
+  picture, is absent before it starts, never shifted to the start), from the audio track
+  marked default when there are several, and as loud as its channels whatever their layout;
 * anything else is one failure row naming the stage and a specific reason.
 
 Rows are told apart by their CSV line (``source`` reads ``segments.csv:<line>``): a
@@ -31,7 +32,7 @@ import av
 import numpy as np
 
 from pipeline.keys import make_key
-from pipeline.synthetic import CLASSES, write_clip
+from pipeline.synthetic import CLASSES, remux, write_clip, write_multitrack_clip
 
 SEGMENT_SECONDS = 2.0  # the tiny recipe's segment; one model window is 1 s
 SEGMENTS_NAME = "segments.csv"
@@ -67,7 +68,8 @@ class Media(NamedTuple):
 
     audio: float
     video: float
-    audio_from: float = 0.0  # where the sound starts: silence before it is part of the timeline
+    audio_from: float = 0.0  # where the sound starts: before it the sound is absent (zeros)
+    video_from: float = 0.0  # where the picture starts: before it the picture is absent (zeros)
 
 
 @dataclass(frozen=True)
@@ -123,22 +125,9 @@ def _top_level_boxes(data: bytes) -> dict[str, tuple[int, int]]:
     return boxes
 
 
-_CONTAINERS = {".webm": "webm", ".mkv": "matroska"}  # by file suffix; anything else is written as mp4
-
-
 def _remux(src: Path, dst: Path, *, faststart: bool = False, rotation: int = 0) -> None:
     """Copy ``src``'s packets into ``dst``: the same coded media, another container or layout."""
-    options = {"movflags": "faststart"} if faststart else {}
-    container = _CONTAINERS.get(dst.suffix, "mp4")
-    with av.open(str(src)) as inp, av.open(str(dst), "w", format=container, options=options) as out:
-        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
-        if rotation:
-            for s in inp.streams.video:
-                streams[s.index].set_display_rotation(rotation)
-        for packet in inp.demux():
-            if packet.dts is not None:  # the demuxer's end-of-stream marker carries no data
-                packet.stream = streams[packet.stream.index]
-                out.mux(packet)
+    remux(src, dst, faststart=faststart, rotation=rotation)
 
 
 def _decoded(src: Path) -> tuple[list[np.ndarray], float, np.ndarray, int, str]:
@@ -298,6 +287,28 @@ def _late_audio(src: Path, dst: Path) -> Media:
     return Media(SEGMENT_SECONDS, SEGMENT_SECONDS, audio_from=_AUDIO_DELAY_S)
 
 
+_VIDEO_DELAY_S = 0.5
+
+
+def _late_video(src: Path, dst: Path) -> Media:
+    # A remuxed download whose picture starts after its sound (an edited upload, a cut on a
+    # keyframe): the empty edit in front of the video track must stay empty.
+    remux(src, dst, video_delay_s=_VIDEO_DELAY_S)
+    return Media(SEGMENT_SECONDS, SEGMENT_SECONDS + _VIDEO_DELAY_S, video_from=_VIDEO_DELAY_S)
+
+
+def _audio_tracks(path: Path, labels: tuple[int, ...]) -> Media:
+    """yt-dlp's merge of several audio languages: the second of three tracks is the default one and
+    carries the row's sound; the others sound another class."""
+    visual = [i for i in labels if CLASSES[i].modality == "video"]
+    audible = [i for i in labels if CLASSES[i].modality == "audio"]
+    other = next(c.index for c in CLASSES if c.modality == "audio" and c.index not in audible)
+    spec = {k: v for k, v in _BASE.items() if k != "seconds"}
+    write_multitrack_clip(path, tracks=[(other,), tuple(audible), (other,)], default=1,
+                          seconds=SEGMENT_SECONDS, video_labels=visual, **spec)
+    return Media(SEGMENT_SECONDS, SEGMENT_SECONDS)
+
+
 @dataclass(frozen=True)
 class _Case:
     kind: str
@@ -346,6 +357,12 @@ CASES: tuple[_Case, ...] = (
           _via_temp(_surround, sample_rate=48000, audio_channels=2)),
     _Case("late_audio", sample(), _GOOD + "; the sound must stay in sync with the picture (silence first)",
           _via_temp(_late_audio)),
+    _Case("late_video", sample(), _GOOD + "; the picture must stay in sync with the sound (absent first, "
+          "not shifted to the start)", _via_temp(_late_video)),
+    _Case("mkv_audio_tracks", sample(), _GOOD + "; of several audio tracks the one marked default is the sound",
+          _audio_tracks, file_name="{ytid}.mkv"),
+    _Case("m4a_audio_only", sample(True, False), "an audio-only download (YouTube's m4a): the sound is the sample",
+          _clip(video=False), file_name="{ytid}.m4a"),
     _Case("audio_8k", sample(), _GOOD + " (8 kHz is upsampled)", _clip(sample_rate=8000)),
     _Case("tiny_18x10", sample(), _GOOD + " (upscaled and cropped)", _clip(width=18, height=10)),
     _Case("hd_1280x720", sample(), _GOOD + " (downscaled and cropped)",

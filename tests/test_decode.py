@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from pipeline.decode import DecodeError, decode_clip, probe
-from pipeline.synthetic import write_clip
+from pipeline.decode import DECODER_VERSION, DecodeError, decode_clip, probe
+from pipeline.synthetic import remux, write_clip, write_multitrack_clip
 
 RECIPE = dict(fps=8.0, size=32, sample_rate=16000)  # the tiny config's decode recipe
 SOURCE = dict(fps=16, width=96, height=96, sample_rate=16000)  # the small synthetic clip
@@ -23,18 +24,7 @@ def _write(path: Path, **kwargs) -> Path:
 
 def _remux(src: Path, dst: Path, *, rotation: int = 0, faststart: bool = False) -> Path:
     """Copy the streams of ``src`` into ``dst``, optionally rotated or with the index in front."""
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4", options=options) as out:
-        streams = {}
-        for stream in inp.streams:
-            streams[stream.index] = out.add_stream_from_template(stream)
-            if rotation and stream.type == "video":
-                streams[stream.index].set_display_rotation(rotation)
-        for packet in inp.demux():
-            if packet.dts is not None:  # the demuxer's end-of-stream marker
-                packet.stream = streams[packet.stream.index]
-                out.mux(packet)
-    return dst
+    return remux(src, dst, rotation=rotation, faststart=faststart)
 
 
 def _reason(path: Path, start: float | None = None) -> str:
@@ -48,7 +38,7 @@ def test_full_clip_has_the_recipe_shapes_and_true_lengths(tmp_path: Path) -> Non
     clip = decode_clip(_write(tmp_path / "a.mp4", labels=(0, 4)), start=None, seconds=2.0, **RECIPE)
     assert clip.video.shape == (16, 32, 32, 3) and clip.video.dtype == np.uint8
     assert clip.audio.shape == (32000,) and clip.audio.dtype == np.float32
-    # decord pads AAC to 32,768 samples; the real sound is 2 s.
+    # AAC decodes to whole frames (past 32,000 samples); the stream says the real sound is 2 s.
     assert (clip.video_frames, clip.audio_samples) == (16, 32000)
     assert clip.has_video and clip.has_audio
     assert np.abs(clip.audio).max() <= 1.0 and clip.video[-1].std() > 5
@@ -85,7 +75,7 @@ def test_stereo_48k_is_downmixed_and_resampled(tmp_path: Path) -> None:
     assert clip.audio_samples == 32000 and np.isfinite(clip.audio).all()
     spectrum = np.abs(np.fft.rfft(clip.audio[:16000]))  # 1 Hz bins
     assert 3325 <= spectrum.argmax() <= 3675  # the high tone, 3500 Hz +- 5%
-    # At the source rate the mono track is the mean of the channels (decord's downmix is louder).
+    # At the source rate the mono track is the mean of the channels (libswresample's downmix is louder).
     native = decode_clip(path, start=None, seconds=2.0, **{**RECIPE, "sample_rate": 48000}).audio
     with av.open(str(path)) as container:
         channels = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
@@ -173,3 +163,72 @@ def test_broken_files_raise_decode_errors(tmp_path: Path) -> None:
 def test_decode_error_survives_pickling() -> None:
     err = pickle.loads(pickle.dumps(DecodeError("x.mp4", "decode_failed", "video: broken")))
     assert (err.reason, str(err)) == ("decode_failed", "x.mp4: video: broken [decode_failed]")
+
+
+def test_frames_are_counted_with_a_tolerance(tmp_path: Path) -> None:
+    # 31 frames of 40 ms end at 1.24 s: the 32nd instant of a 25 fps window (1.24 s) lies past the
+    # end. Decoder version 1 compared it in float64 against decord's float32 end (1.2400000095)
+    # and counted the last frame twice.
+    for suffix, codecs in ((".mp4", {}), (".webm", {"video_codec": "libvpx-vp9", "audio_codec": "libopus"})):
+        path = _write(tmp_path / f"c124{suffix}", seconds=1.24, fps=25, sample_rate=48000, labels=(0, 4), **codecs)
+        clip = decode_clip(path, start=None, seconds=2.0, fps=25.0, size=32, sample_rate=16000)
+        # WebM frames carry no duration in decord: the last one still lasts a frame period.
+        assert (clip.video_first, clip.video_frames) == (0, 31), suffix
+        assert clip.video[30].any() and not clip.video[31:].any()
+        assert clip.audio_samples == pytest.approx(1.24 * 16000, abs=0.01 * 16000)
+    assert DECODER_VERSION == 2
+
+
+def test_the_default_audio_track_wins(tmp_path: Path) -> None:
+    # Three tracks: a low tone, a high tone (marked default) and a chirp; streams.audio[0] is the wrong one.
+    path = write_multitrack_clip(tmp_path / "tracks.mkv", tracks=[(4,), (5,), (6,)], default=1, seconds=2.0,
+                                 video_labels=(0,), **SOURCE)
+    info = probe(path)
+    assert info.audio_index == 2 and info.audio_index != next(i for i in range(4) if i != info.video_index)
+    clip = decode_clip(path, start=None, seconds=2.0, **RECIPE)
+    assert clip.has_video and clip.audio_samples == 32000
+    spectrum = np.abs(np.fft.rfft(clip.audio[:16000]))  # 1 Hz bins
+    assert 3325 <= spectrum.argmax() <= 3675  # the high tone, 3500 Hz +- 5%, not the first track's 250 Hz
+
+
+def test_audio_only_m4a(tmp_path: Path) -> None:
+    path = _write(tmp_path / "sound.m4a", video=False, labels=(5,), sample_rate=44100, audio_channels=2)
+    info = probe(path)
+    assert (info.has_video, info.has_audio, info.audio_codec) == (False, True, "aac")
+    clip = decode_clip(path, start=None, seconds=2.0, **RECIPE)
+    assert (clip.has_video, clip.video_frames, clip.audio_first, clip.audio_samples) == (False, 0, 0, 32000)
+    assert not clip.video.any() and np.abs(clip.audio).mean() > 0.01
+
+
+def test_late_streams_are_absent_before_they_start(tmp_path: Path) -> None:
+    src = _write(tmp_path / "src.mp4", labels=(0, 4))
+    late_video = decode_clip(remux(src, tmp_path / "late_video.mp4", video_delay_s=0.5),
+                             start=None, seconds=2.0, **RECIPE)
+    assert (late_video.video_first, late_video.video_frames) == (4, 16)  # 0.5 s at 8 fps, to the window's end
+    assert not late_video.video[:4].any() and all(frame.any() for frame in late_video.video[4:])
+    assert (late_video.audio_first, late_video.audio_samples) == (0, 32000)
+    late_audio = decode_clip(remux(src, tmp_path / "late_audio.mkv", audio_delay_s=0.5),
+                             start=None, seconds=2.0, **RECIPE)
+    assert (late_audio.video_first, late_audio.video_frames) == (0, 16)
+    # Out of mp4 the AAC priming (1,024 samples, trimmed there by an edit list) is sound in Matroska,
+    # as FFmpeg plays it: the track starts that much before its first real sample.
+    assert late_audio.audio_first == 8000 - 1024 and not late_audio.audio[:8000 - 1024].any()
+    whole = decode_clip(src, start=None, seconds=2.0, **RECIPE)
+    np.testing.assert_array_equal(late_video.video[4:], whole.video[:12])
+
+
+def test_a_segment_of_a_full_video_decodes_only_its_range(tmp_path: Path) -> None:
+    path = _write(tmp_path / "full.mp4", seconds=60.0, video=False, labels=(6,))
+    segment = decode_clip(path, start=50.0, seconds=2.0, **RECIPE)
+    assert (segment.audio_first, segment.audio_samples) == (0, 32000)
+
+    def cpu(start: float | None, seconds: float) -> float:
+        best = float("inf")
+        for _ in range(3):
+            began = time.process_time()
+            decode_clip(path, start=start, seconds=seconds, **RECIPE)
+            best = min(best, time.process_time() - began)
+        return best
+
+    # Decoding all 60 s of sound to keep 2 s of it costs 10x more than seeking to them.
+    assert cpu(50.0, 2.0) < 0.4 * cpu(None, 60.0)

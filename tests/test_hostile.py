@@ -38,7 +38,7 @@ def run_preprocess(cluster, args: Sequence[str]) -> subprocess.CompletedProcess[
 
 
 DATA = load_config(ROOT / CONFIG).data
-FPS, SAMPLE_RATE, HOP = DATA.video.fps, DATA.audio.sample_rate, DATA.audio.hop_length
+FPS, SAMPLE_RATE, HOP, N_FFT = DATA.video.fps, DATA.audio.sample_rate, DATA.audio.hop_length, DATA.audio.n_fft
 LOG_MEL_FLOOR = math.log(1e-6)  # pipeline.features.log_mel of silence
 _LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+\.cc:\d+")  # decord's "[hh:mm:ss] file.cc:NNN"
 AUDIO_TOLERANCE_S = 0.02  # resampling may move the end by a few samples; a truncation moves it by far more
@@ -200,6 +200,32 @@ def test_samples_record_the_media_they_really_hold(run: Run, outputs: Outputs) -
     assert cut.media is not None and cut.media.audio < 0.8 * DATA.segment_seconds
 
 
+# An AAC track written to start late keeps its encoder priming (1,024 samples) in front of its first
+# sound: FFmpeg trims priming only where the file says so (an mp4 edit list, Matroska's CodecDelay).
+PRIMING_S = 1024 / SAMPLE_RATE
+
+
+def test_late_streams_are_absent_before_they_start(run: Run, outputs: Outputs) -> None:
+    """Each stream on the file's clock: the first real frame and sample are where the stream starts,
+    not moved to the segment's start (a late picture or sound comes out late, in sync)."""
+    by_source = run.corpus.by_source()
+    wrong, late = [], set()
+    for sample in _stored_samples(run, outputs):
+        meta, expected = sample.meta, by_source[sample.meta["source"]]
+        media = expected.media
+        assert media is not None
+        audio_from, video_from = meta.get("audio_first", 0) / SAMPLE_RATE, meta.get("video_first", 0) / FPS
+        audio_ok = not meta["has_audio"] or media.audio_from - PRIMING_S - 0.005 <= audio_from <= media.audio_from + 0.005
+        video_ok = not meta["has_video"] or abs(video_from - media.video_from) <= 1 / FPS
+        if not (audio_ok and video_ok):
+            wrong.append(f"{expected.kind}: real sound from {audio_from:.3f} s (expected {media.audio_from:.3f}), "
+                         f"picture from {video_from:.3f} s (expected {media.video_from:.3f})")
+        if media.audio_from or media.video_from:
+            late.add(expected.kind)
+    assert not wrong, "\n".join(wrong)
+    assert {"late_audio", "late_video"} <= late
+
+
 def _check_sample(sample: dict, index_row: dict) -> list[str]:
     """Stored arrays against the recorded true lengths and padding flags; problems found."""
     meta, audio, video = sample.meta, sample.content["audio"], sample.content["video"]
@@ -210,21 +236,31 @@ def _check_sample(sample: dict, index_row: dict) -> list[str]:
     logmel = audio.ndim == 2
     stored_samples = audio.shape[0] * HOP if logmel else audio.shape[0]
     real_audio, real_frames = meta["audio_samples"], meta["video_frames"]
+    # Real content is [first, end): a stream that starts late is absent (zeros) before it starts.
+    first_audio, first_frame = meta.get("audio_first", 0), meta.get("video_first", 0)
+    if not (0 <= first_audio <= real_audio and 0 <= first_frame <= real_frames):
+        problems.append(f"real ranges audio [{first_audio}, {real_audio}), video [{first_frame}, {real_frames})")
     if not (meta["audio"]["samples"] == stored_samples >= real_audio):
         problems.append(f"stored audio {stored_samples} (meta {meta['audio']['samples']}), true {real_audio}")
     if not (meta["video"]["frames"] == video.shape[0] >= real_frames):
         problems.append(f"stored video {video.shape[0]} (meta {meta['video']['frames']}), true {real_frames}")
-    padded = (real_audio < stored_samples, real_frames < video.shape[0])
+    padded = (first_audio > 0 or real_audio < stored_samples, first_frame > 0 or real_frames < video.shape[0])
     if (meta["audio_padded"], meta["video_padded"]) != padded:
         problems.append("padding flags disagree with the lengths")
     # Padding must be padding, and what is recorded as real must not be.
-    if video[real_frames:].any() or not all(frame.any() for frame in video[:real_frames]):
-        problems.append("video frames past the true length are not zero, or real frames are blank")
+    if (video[:first_frame].any() or video[real_frames:].any()
+            or not all(frame.any() for frame in video[first_frame:real_frames])):
+        problems.append("video frames outside the true range are not zero, or real frames are blank")
     first_silent = -(-real_audio // HOP) if logmel else real_audio
+    # A log-mel frame holds n_fft samples from its start: those wholly before the sound are silent.
+    last_silent = max(0, (first_audio - N_FFT) // HOP + 1) if logmel else first_audio
     silence = LOG_MEL_FLOOR if logmel else 0
     if not np.allclose(audio[first_silent:].astype(np.float32), silence, atol=0.01):
         problems.append("audio past the true length is not silence")
-    real_part = audio[:real_audio // HOP if logmel else real_audio].astype(np.float32)
+    if not np.allclose(audio[:last_silent].astype(np.float32), silence, atol=0.01):
+        problems.append("audio before the sound starts is not silence")
+    real_part = audio[-(-first_audio // HOP) if logmel else first_audio:
+                      real_audio // HOP if logmel else real_audio].astype(np.float32)
     if real_audio and float(real_part.mean()) < silence + 1:
         problems.append("audio within the true length is silence")
     return problems
@@ -308,12 +344,18 @@ def test_a_rerun_finds_everything_done_and_changes_nothing(run: Run, outputs: Ou
     assert rerun.shard_digests == outputs.shard_digests
 
 
+def _default_audio(container: av.container.InputContainer) -> av.audio.stream.AudioStream:
+    """The audio stream a player plays: the first marked default, else the first."""
+    streams = container.streams.audio
+    return next((s for s in streams if s.disposition & av.stream.Disposition.default), streams[0])
+
+
 def _channel_mean(path: Path) -> tuple[np.ndarray, int]:
-    """The first audio stream decoded by PyAV as the mean of its full-range channels (LFE is left
+    """The default audio stream decoded by PyAV as the mean of its full-range channels (LFE is left
     out, as downmixes do), up to the first undecodable packet; and its sample rate."""
     chunks = []
     with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
+        stream = _default_audio(container)
         keep = [i for i, channel in enumerate(stream.layout.channels) if channel.name != "LFE"]
         resampler = av.AudioResampler(format="fltp")  # planar float, whatever the decoder gives
         try:
@@ -341,3 +383,26 @@ def test_audio_is_downmixed_to_the_level_of_its_channels(kind: str, corpus: Corp
     n = min(len(reference), clip.audio_samples - lead)
     ratio = float(np.sqrt(np.mean(clip.audio[lead:lead + n] ** 2) / np.mean(reference[:n] ** 2)))
     assert 0.8 < ratio < 1.25, f"{kind}: mono is {20 * math.log10(ratio):+.1f} dB from the channel mean"
+
+
+def test_the_default_audio_track_is_the_sound(corpus: Corpus) -> None:
+    """Of several audio tracks the decoder takes the one marked default, as players do, not the first."""
+    expected = next(row for row in corpus.rows if row.kind == "mkv_audio_tracks")
+    path = _clip_path(corpus, expected)
+    with av.open(str(path)) as container:
+        tracks = [s.index for s in container.streams.audio]
+        assert len(tracks) == 3 and _default_audio(container).index == tracks[1]
+    clip = decode_clip(path, start=None, seconds=DATA.segment_seconds, fps=None, size=DATA.video.size,
+                       sample_rate=SAMPLE_RATE)
+    sound = clip.audio[:clip.audio_samples]
+
+    def likeness(track: int) -> float:
+        with av.open(str(path)) as container:
+            stream = container.streams[track]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            reference = np.concatenate([f.to_ndarray().ravel() for frame in container.decode(stream)
+                                        for f in resampler.resample(frame)])
+        n = min(len(reference), len(sound))
+        return float(np.corrcoef(reference[:n], sound[:n])[0, 1])
+
+    assert likeness(tracks[1]) > 0.99 and max(likeness(tracks[0]), likeness(tracks[2])) < 0.5

@@ -13,7 +13,16 @@ import decord
 import numpy as np
 import pytest
 
-from pipeline.synthetic import CLASSES, make_dataset, write_clip
+from pipeline.synthetic import (
+    CLASSES,
+    SYNC_BEEP_HZ,
+    SYNC_EVENT_S,
+    make_dataset,
+    remux,
+    write_clip,
+    write_multitrack_clip,
+    write_sync_clip,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(seconds=1.0, fps=16, width=96, height=96, sample_rate=16000)
@@ -138,3 +147,51 @@ def test_command_line_writes_a_dataset(tmp_path: Path) -> None:
     rows = _segments(tmp_path / "balanced_train_segments.csv") + _segments(tmp_path / "eval_segments.csv")
     assert len(rows) == 3
     assert decord.VideoReader(str(tmp_path / "clips" / f"{rows[0][0]}.mp4"))[0].shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("suffix, container, video_codec, audio_codec", [
+    (".mkv", "matroska", "libvpx-vp9", "aac"), (".webm", "matroska", "libvpx-vp9", "libopus"),
+    (".m4a", "mov", None, "aac")])
+def test_write_clip_picks_the_container_by_suffix(tmp_path: Path, suffix: str, container: str,
+                                                   video_codec: str | None, audio_codec: str) -> None:
+    path = tmp_path / f"clip{suffix}"
+    write_clip(path, labels=(0, 4), video=video_codec is not None, video_codec=video_codec or "h264",
+               audio_codec=audio_codec, **{**SMALL, "sample_rate": 48000})
+    with av.open(str(path)) as c:
+        assert c.format.name.split(",")[0] == container
+        assert len(c.streams.video) == (video_codec is not None) and len(c.streams.audio) == 1
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm"])
+def test_remux_starts_a_stream_late(tmp_path: Path, suffix: str) -> None:
+    webm = suffix == ".webm"  # WebM holds VP9 and Opus only
+    src = tmp_path / f"src{'.webm' if webm else '.mp4'}"
+    write_clip(src, labels=(0, 4), **{**SMALL, "sample_rate": 48000 if webm else 16000},
+               **({"video_codec": "libvpx-vp9", "audio_codec": "libopus"} if webm else {}))
+    for kind in ("video", "audio"):
+        dst = remux(src, tmp_path / f"{kind}_late{suffix}", **{f"{kind}_delay_s": 0.5})
+        with av.open(str(dst)) as c:
+            starts = {s.type: float(s.start_time * s.time_base) for s in c.streams}
+            # The AAC priming (64 ms at 16 kHz) may go with a late audio track.
+            assert starts[kind] - starts["video" if kind == "audio" else "audio"] == pytest.approx(0.5, abs=0.07)
+            # Every packet survives, the keyframe (which Matroska stores without a dts) included.
+            assert sum(1 for p in c.demux(video=0) if p.size) == 16
+        assert len(_frames(dst)) == 16
+
+
+def test_multitrack_clip_marks_one_track_default(tmp_path: Path) -> None:
+    path = write_multitrack_clip(tmp_path / "tracks.mkv", tracks=[(4,), (5,)], default=1, video_labels=(0,), **SMALL)
+    with av.open(str(path)) as c:
+        default = [bool(s.disposition & av.stream.Disposition.default) for s in c.streams.audio]
+        assert default == [False, True] and len(c.streams.video) == 1
+
+
+def test_sync_clip_flashes_and_beeps_at_the_same_instant(tmp_path: Path) -> None:
+    path = write_sync_clip(tmp_path / "sync.mp4", seconds=2.0, sample_rate=16000)
+    brightness = _frames(path).mean(axis=(1, 2, 3))
+    assert int(np.argmax(brightness)) == round(SYNC_EVENT_S * 25) and brightness.max() > 200 > 3 * np.median(brightness)
+    sound = np.abs(_audio(path))
+    onset = int(np.argmax(sound > 0.25))
+    assert onset / 16000 == pytest.approx(SYNC_EVENT_S, abs=0.002)
+    spectrum = np.abs(np.fft.rfft(_audio(path)[onset:onset + 320], 16000))
+    assert spectrum.argmax() == pytest.approx(SYNC_BEEP_HZ, rel=0.05)
