@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -174,3 +175,31 @@ class SelfAttention(nn.Module):
         normed = self.norm(latents)
         latents = latents + self.attention(normed, normed)[0]
         return latents + self.mlp(latents)
+
+
+def attention_kernels(perceiver: nn.Module, num_tokens: int, dtype: torch.dtype, device: str = "cuda") -> str:
+    """One line: which fused SDPA kernels accept each attention kind's shapes (unmasked) on ``device``.
+
+    The cross-attend's single head is as wide as the input array when folded (487 -> 488 in the
+    paper's audioset config): past the flash kernel's head-size limit, so it gets another.
+    """
+    from torch.backends import cuda as sdpa
+
+    if torch.device(device).type != "cuda":
+        return "attention kernels: the CPU's scaled_dot_product_attention"
+    c = perceiver.config
+    cross = perceiver.cross_attends[0].attention
+    qk = c.qk_channels if c.qk_channels is not None else min(c.input_channels, c.latent_dim)
+    cross_dim = c.input_channels + (-c.input_channels % 8) if cross.fold_kv else qk // c.cross_heads
+    kinds = {"cross-attend": (c.cross_heads, c.num_latents, num_tokens, cross_dim),
+             "latent self-attend": (c.self_heads, c.num_latents, c.num_latents, c.latent_dim // c.self_heads)}
+    checks = (("flash", sdpa.can_use_flash_attention), ("mem-efficient", sdpa.can_use_efficient_attention),
+              ("cuDNN", sdpa.can_use_cudnn_attention))
+    parts = []
+    for name, (heads, queries, keys, width) in kinds.items():
+        q = torch.empty(1, heads, queries, width, device=device, dtype=dtype)
+        kv = torch.empty(1, heads, keys, width, device=device, dtype=dtype)
+        params = sdpa.SDPAParams(q, kv, kv, None, 0.0, False, False)
+        fused = [kernel for kernel, accepts in checks if accepts(params, False)]
+        parts.append(f"{name} (heads {heads}, head dim {width}): {', '.join(fused) or 'math only'}")
+    return "attention kernels: " + "; ".join(parts)

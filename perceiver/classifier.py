@@ -33,12 +33,15 @@ class AVClassifier(nn.Module):
         self.config = model_cfg
         self.perceiver = Perceiver(model_cfg)
 
-    def tokens(self, batch: Batch) -> dict[str, Tensor]:
-        """Per modality (B, M_m, C_m) float patch tokens of a batch already on the device."""
-        return {m.name: m.tokens(batch.content[m.name]) for m in self.modalities}
+    def tokens(self, batch: Batch, generator: torch.Generator | None = None, augment=None) -> dict[str, Tensor]:
+        """Per modality (B, M_m, C_m) float patch tokens of a batch already on the device; with ``augment``
+        (``TrainConfig.augment``) each kind's training augmentation, drawn from ``generator``."""
+        return {m.name: m.tokens(m.prepare(batch.content[m.name], generator=generator, augment=augment))
+                for m in self.modalities}
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None, return_attention: bool = False,
-                present: Mapping[str, Tensor] | None = None):
+                present: Mapping[str, Tensor] | None = None, augment=None):
         """logits (B, num_classes); ``present`` overrides the batch's own presence flags."""
-        x, mask = self.inputs(self.tokens(batch), {**batch.present, **(present or {})}, generator, batch.masks)
-        return self.perceiver(x, mask, return_attention=return_attention)
+        tokens = self.tokens(batch, generator, augment if self.training else None)
+        x, mask = self.inputs(tokens, {**batch.present, **(present or {})}, generator, batch.masks)
+        return self.perceiver(x, mask if batch.masks else None, return_attention=return_attention)

@@ -1,7 +1,7 @@
 """One clip -> a model Batch -> scores or cross-attention maps: the library of the predict and visualize jobs.
 
 A media file goes through the very decode and modality stages preprocessing uses
-(``pipeline.decode.decode_at_recipe``, ``pipeline.encode.clip_sample``), so the model sees the
+(``pipeline.decode.decode_at_recipe``, ``pipeline.modality.clip_sample``), so the model sees the
 same values whether a clip came from a shard or straight from disk; windows are then cut and
 batched by ``perceiver.loader``'s evaluation path (evenly spaced crops).
 """
@@ -20,8 +20,7 @@ from perceiver.evaluation import clip_probabilities
 from perceiver.loader import Batch, assemble, window_starts
 from pipeline import shards
 from pipeline.decode import decode_at_recipe
-from pipeline.encode import clip_sample
-from pipeline.modality import Modality, ModalitySpec
+from pipeline.modality import Modality, ModalitySpec, clip_sample
 from pipeline.recipe import DataConfig
 
 LATENT_CHOICES = ("mean", "peaked")  # how attention_grids reduces the latent axis

@@ -51,6 +51,25 @@ class InputsConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time augmentation, on the device (off by default: the paper's is in configs/audioset.yaml).
+
+    Video (per clip, the same for every frame): an Inception-style random resized crop from the stored
+    frames (``data.video.stored_size``) to the model's size, area scale in [crop_min_scale, 1] (0 = no
+    crop); a horizontal flip; brightness, contrast and saturation factors in [1 - colour, 1 + colour].
+    Log-mel audio: SpecAugment time and frequency masks. Raw audio keeps only the random time window.
+    """
+
+    crop_min_scale: float = 0.0
+    flip: bool = False
+    colour: float = 0.0
+    spec_time_masks: int = 0
+    spec_time_width: int = 0  # frames, at most, per time mask
+    spec_freq_masks: int = 0
+    spec_freq_width: int = 0  # mel bins, at most, per frequency mask
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 8  # per worker
     steps: int = 1000  # total optimizer steps
@@ -71,6 +90,8 @@ class TrainConfig:
     max_failures: int = 2  # Ray Train FailureConfig
     num_workers: int = 2
     use_gpu: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    compile: bool = False  # torch.compile the model (CUDA runs; its first steps compile)
 
 
 @dataclass
@@ -119,6 +140,8 @@ def validate(cfg: Config) -> None:
     check_recipe(cfg.data, modalities_of(cfg.data, cfg.inputs.modalities))
     checks = [
         (0.0 <= cfg.inputs.video_dropout <= 1.0, "inputs.video_dropout must lie in [0, 1]"),
+        (0.0 <= cfg.train.augment.crop_min_scale <= 1.0, "train.augment.crop_min_scale must lie in [0, 1]"),
+        (0.0 <= cfg.train.augment.colour < 1.0, "train.augment.colour must lie in [0, 1)"),
         (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
         (0 <= cfg.train.warmup_steps < cfg.train.steps, "train.warmup_steps must lie in [0, train.steps)"),
         (cfg.model.latent_dim % cfg.model.self_heads == 0, "model.latent_dim must divide by model.self_heads"),

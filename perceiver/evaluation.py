@@ -44,21 +44,18 @@ def score(model: AVClassifier, info: DatasetInfo, *, batch_size: int, crops: int
     scores: dict[str, list[np.ndarray]] = {name: [] for name in sets or choices}
     targets, stats = [], ReadStats()
     for batch in eval_batches(info, model.modalities, batch_size=batch_size, crops=crops, stats=stats):
-        batch = batch.to(device)
-        rows = batch.labels.shape[0]
-        for name in scores:
-            keep = choices[name]
-            logits = []
-            # At most batch_size windows per forward: with 16 crops a batch holds 16x the windows
-            # a training step does, which would not fit where training just fits.
-            for start in range(0, rows, batch_size):
-                part = batch.windows(start, start + batch_size)
-                present = {m: part.present[m] & (m in keep) for m in names}
+        logits: dict[str, list[torch.Tensor]] = {name: [] for name in scores}
+        # At most batch_size windows are decoded and moved to the device at once: with 16 crops a batch
+        # holds 16x the windows a training step does. Each chunk is decoded once, scored for every set.
+        for start in range(0, batch.labels.shape[0], batch_size):
+            part = batch.windows(start, start + batch_size).to(device)
+            for name in scores:
+                present = {m: part.present[m] & (m in choices[name]) for m in names}
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits.append(model(part, present=present).float())
-            probs = clip_probabilities(torch.cat(logits), len(batch), batch.crops)
-            scores[name].append(probs.cpu().numpy())
-        targets.append(batch.labels.view(len(batch), batch.crops, -1)[:, 0].cpu().numpy())
+                    logits[name].append(model(part, present=present).float())
+        for name in scores:
+            scores[name].append(clip_probabilities(torch.cat(logits[name]), len(batch), batch.crops).cpu().numpy())
+        targets.append(batch.labels.view(len(batch), batch.crops, -1)[:, 0].numpy())
     model.train(was_training)
     empty = np.zeros((0, len(info.classes)), np.float32)
     return ({k: np.concatenate(v) if v else empty for k, v in scores.items()},

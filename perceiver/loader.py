@@ -72,50 +72,84 @@ def crop_window(sample: shards.Sample, modality: Modality, start_s: float) -> tu
 
 
 @dataclass
+class Cut:
+    """One window of one sample: all the loader keeps of it once the window is cut."""
+
+    labels: list[int]
+    windows: dict[str, object]  # per modality: its window as ``Modality.window`` gives it (JPEG frames stay encoded)
+    present: dict[str, bool]
+    masks: dict[str, np.ndarray]
+
+
+def cut(sample: shards.Sample, modalities: Sequence[Modality], start_s: float) -> Cut:
+    """The modalities' windows of ``sample`` from ``start_s``, with presence and token masks.
+
+    A window that runs past a modality's real content masks the tokens beyond it; one with none of it
+    flags the modality absent (zeroed and unmasked, as video dropout trains).
+    """
+    windows, present, masks = {}, {}, {}
+    for m in modalities:
+        windows[m.name], ok = crop_window(sample, m, start_s)
+        mask = m.token_mask(sample.meta, start_s)
+        present[m.name], masks[m.name] = ok and bool(mask.any()), mask if mask.any() else ~mask
+    return Cut(sample.meta["labels"], windows, present, masks)
+
+
+@dataclass
 class Batch:
-    content: dict[str, torch.Tensor]  # per modality: (B, *window_shape) windows
+    content: dict[str, object]  # per modality: (B, *window_shape) windows, or shards.EncodedFrames
     present: dict[str, torch.Tensor]  # per modality: bool (B,), False where a window holds none of it
-    masks: dict[str, torch.Tensor]  # per modality: bool (B, M_m), False for tokens past its real content
+    masks: dict[str, torch.Tensor]  # bool (B, M_m), False for tokens past its real content; absent: none
     labels: torch.Tensor  # float32 (B, num_classes) multi-hot
     crops: int = 1  # windows per clip (eval): rows are clip-major
 
     def to(self, device: torch.device) -> Batch:
-        return self._map(lambda t: t.to(device, non_blocking=True), self.crops)
+        """On ``device``; JPEG frames are decoded there, and a window that does not decode becomes absent."""
+        content, present = {}, {k: v.to(device, non_blocking=True) for k, v in self.present.items()}
+        for name, x in self.content.items():
+            if isinstance(x, shards.EncodedFrames):
+                content[name], ok = x.decode(device)
+                present[name] = present[name] & ok
+            else:
+                content[name] = x.to(device, non_blocking=True)
+        return Batch(content, present, {k: v.to(device, non_blocking=True) for k, v in self.masks.items()},
+                     self.labels.to(device, non_blocking=True), self.crops)
+
+    def pin_memory(self) -> Batch:
+        """Page-locked host memory, so copies to a GPU overlap compute (DataLoader calls this with pin_memory)."""
+        return Batch({k: v.pin_memory() for k, v in self.content.items()},
+                     {k: v.pin_memory() for k, v in self.present.items()},
+                     {k: v.pin_memory() for k, v in self.masks.items()}, self.labels.pin_memory(), self.crops)
 
     def __len__(self) -> int:
         return self.labels.shape[0] // self.crops
 
     def windows(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop`` (windows, not clips) as a batch of single crops."""
-        return self._map(lambda t: t[start:stop], 1)
+        content = {k: v.windows(start, stop) if isinstance(v, shards.EncodedFrames) else v[start:stop]
+                   for k, v in self.content.items()}
+        return Batch(content, {k: v[start:stop] for k, v in self.present.items()},
+                     {k: v[start:stop] for k, v in self.masks.items()}, self.labels[start:stop], 1)
 
-    def _map(self, fn, crops: int) -> Batch:
-        return Batch(*({k: fn(v) for k, v in d.items()} for d in (self.content, self.present, self.masks)),
-                     fn(self.labels), crops)
+
+def collate(cuts: Sequence[Cut], modalities: Sequence[Modality], num_classes: int, crops: int = 1) -> Batch:
+    """Stack cut windows into one batch (clip-major, crops inner)."""
+    labels = np.zeros((len(cuts), num_classes), np.float32)
+    for row, c in enumerate(cuts):
+        labels[row, c.labels] = 1.0
+    masks = {m.name: np.stack([c.masks[m.name] for c in cuts]) for m in modalities}
+    # Only masks with padding travel: a batch without any attends unmasked, which fused kernels prefer.
+    return Batch({m.name: m.collate([c.windows[m.name] for c in cuts]) for m in modalities},
+                 {m.name: torch.tensor([c.present[m.name] for c in cuts]) for m in modalities},
+                 {k: torch.from_numpy(v) for k, v in masks.items() if not v.all()}, torch.from_numpy(labels), crops)
 
 
 def assemble(samples: Sequence[shards.Sample], starts: Sequence[Sequence[float]], modalities: Sequence[Modality],
              num_classes: int) -> Batch:
-    """Crop each sample's windows and stack them into one batch (clip-major, crops inner)."""
-    content, present, masks = ({m.name: [] for m in modalities} for _ in range(3))
-    labels = []
-    for sample, sample_starts in zip(samples, starts, strict=True):
-        target = np.zeros(num_classes, np.float32)
-        target[sample.meta["labels"]] = 1.0
-        for start in sample_starts:
-            for m in modalities:
-                window, ok = crop_window(sample, m, start)
-                mask = m.token_mask(sample.meta, start)
-                # A window with none of the modality flags it absent: zeroed and unmasked, as video
-                # dropout trains; one that runs past its real content masks the tokens beyond it.
-                present[m.name].append(ok and bool(mask.any()))
-                masks[m.name].append(mask if mask.any() else ~mask)
-                content[m.name].append(window)
-            labels.append(target)
-    return Batch({k: torch.from_numpy(np.stack(v)) for k, v in content.items()},
-                 {k: torch.tensor(v) for k, v in present.items()},
-                 {k: torch.from_numpy(np.stack(v)) for k, v in masks.items()}, torch.from_numpy(np.stack(labels)),
-                 crops=len(starts[0]) if starts else 1)
+    """Cut each sample's windows and stack them into one batch (clip-major, crops inner)."""
+    cuts = [cut(sample, modalities, start) for sample, sample_starts in zip(samples, starts, strict=True)
+            for start in sample_starts]
+    return collate(cuts, modalities, num_classes, crops=len(starts[0]) if starts else 1)
 
 
 # ---------------------------------------------------------------- training stream
@@ -146,21 +180,20 @@ class TrainStream(IterableDataset):
         self.subs = max(1, loader_workers)
         self.stats = shards.ReadStats()
 
-    def _samples(self, sub: int) -> Iterator[tuple[shards.Sample, float]]:
-        """(sample, window start) pairs of one sub-stream forever, shuffled through a seeded buffer."""
+    def _cuts(self, sub: int) -> Iterator[Cut]:
+        """One sub-stream's windows forever, shuffled through a seeded buffer of cut windows (not clips)."""
         reader = self.rank * self.subs + sub
         rng = np.random.default_rng([self.seed, self.epoch, reader, self.world * self.subs])
         mine = rank_shards(self.info.shards, self.seed, self.epoch, reader, self.world * self.subs)
-        buffer: list[shards.Sample] = []
+        buffer: list[Cut] = []
         for cycle in range(1 << 30):
             order = rng.permutation(len(mine)) if cycle else range(len(mine))
             read = 0
             for sample in shards.iter_samples([mine[i] for i in order], decode_frames=False, stats=self.stats):
                 read += 1
-                buffer.append(sample)
+                buffer.append(cut(sample, self.modalities, window_starts(sample.meta, self.modalities, 1, rng)[0]))
                 if len(buffer) >= self.shuffle_buffer:
-                    pick = buffer.pop(int(rng.integers(len(buffer))))
-                    yield pick, window_starts(pick.meta, self.modalities, 1, rng)[0]
+                    yield buffer.pop(int(rng.integers(len(buffer))))
             if not read:
                 raise RuntimeError(f"rank {self.rank}: no readable sample in its shards {mine}")
 
@@ -168,16 +201,15 @@ class TrainStream(IterableDataset):
         worker = get_worker_info()
         sub = ((worker.id if worker else 0) + self.skip) % self.subs
         batch_index = sub  # the rank-level index of this sub-stream's next batch
-        pending: list[tuple[shards.Sample, float]] = []
-        for sample, start in self._samples(sub):
-            pending.append((sample, start))
+        pending: list[Cut] = []
+        for window in self._cuts(sub):
+            pending.append(window)
             if len(pending) < self.batch_size:
                 continue
             if batch_index >= self.steps:
                 return
-            if batch_index >= self.skip:  # skipped batches are read, never decoded
-                yield assemble([s for s, _ in pending], [[st] for _, st in pending], self.modalities,
-                               len(self.info.classes))
+            if batch_index >= self.skip:  # skipped batches are read, never collated
+                yield collate(pending, self.modalities, len(self.info.classes))
             pending = []
             batch_index += self.subs
 
@@ -185,7 +217,7 @@ class TrainStream(IterableDataset):
 def train_batches(stream: TrainStream) -> Iterator[Batch]:
     if stream.subs == 1:
         return iter(stream)
-    return iter(DataLoader(stream, batch_size=None, num_workers=stream.subs,
+    return iter(DataLoader(stream, batch_size=None, num_workers=stream.subs, pin_memory=torch.cuda.is_available(),
                            multiprocessing_context="forkserver", persistent_workers=False))
 
 

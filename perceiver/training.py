@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from perceiver import evaluation
+from perceiver.attention import attention_kernels
 from perceiver.classifier import AVClassifier
 from perceiver.config import Config, config_from_dict
 from perceiver.loader import TrainStream, train_batches
@@ -52,7 +53,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # The shards' Fourier features, read once by open_dataset; the input module checks them.
     given = info.position_features if cfg.data.fourier_source == "shard" else None
     model = AVClassifier(cfg, len(info.classes), given).to(device)
-    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
+    if t.compile:
+        model.perceiver.compile()  # in place: the state dict keeps its keys
+    # No buffers need syncing (the position features are constants); gradients share DDP's buckets.
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy_kwargs={
+        "broadcast_buffers": False, "gradient_as_bucket_view": True})
     optimizer = build_optimizer(model, t.lr, t.weight_decay)
     schedule = build_schedule(optimizer, t.warmup_steps, t.steps)
     step = 0
@@ -66,6 +71,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         torch.set_rng_state(state["torch_rng"].cpu())
         step = int(state["step"])
     if rank == 0:
+        if device.type == "cuda":
+            say(attention_kernels(model, torch.bfloat16))
         record_event(out, "resumed" if step else "started", step, world)
         if step:
             say(f"resuming from the checkpoint at step {step}")
@@ -95,7 +102,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             sync = micro == batches_per_step - 1
             with ddp_model.no_sync() if (not sync and world > 1) else contextlib.nullcontext():
                 with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                    logits = ddp_model(batch, generator)
+                    logits = ddp_model(batch, generator, augment=t.augment)
                 loss = loss_fn(logits.float(), batch.labels) / batches_per_step
                 loss.backward()
             total_loss += loss.item()

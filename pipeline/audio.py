@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torchaudio
 from torch import Tensor
 
 from pipeline.modality import TRAINING_MAY_DIFFER, Content, Modality, ModalitySpec, register
@@ -56,9 +55,12 @@ def patchify_spectrogram(spec: Tensor, patch: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> torchaudio.transforms.MelSpectrogram:
-    # center=False: frame i covers samples [i*hop, i*hop + n_fft), so a window of
+def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, n_mels: int):
+    # Imported here: only preprocessing computes spectrograms, and a training-only machine need not
+    # have torchaudio. center=False: frame i covers samples [i*hop, i*hop + n_fft), so a window of
     # num_samples starting at sample s maps to frames starting at s // hop without overlap fuzz.
+    import torchaudio
+
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, center=False, power=2.0
     )
@@ -177,6 +179,23 @@ class LogMelAudio(_Audio):
 
     def values(self, stored: np.ndarray) -> np.ndarray:
         return stored.astype(np.float32)
+
+    def prepare(self, windows: Tensor, *, generator: torch.Generator | None = None, augment=None) -> Tensor:
+        """SpecAugment in training: ``spec_time_masks`` masks of up to ``spec_time_width`` frames and
+        ``spec_freq_masks`` of up to ``spec_freq_width`` mel bins per example, set to the mean level (0 once
+        normalised in ``tokens``)."""
+        if augment is None or not (augment.spec_time_masks or augment.spec_freq_masks):
+            return windows
+        x, (b, frames, mels) = windows.clone(), windows.shape
+        for dim, count, width, size in ((1, augment.spec_time_masks, augment.spec_time_width, frames),
+                                        (2, augment.spec_freq_masks, augment.spec_freq_width, mels)):
+            for _ in range(count):
+                span = (torch.rand(b, generator=generator, device=x.device) * (width + 1)).long().clamp(max=size)
+                first = (torch.rand(b, generator=generator, device=x.device) * (size - span + 1)).long()
+                at = torch.arange(size, device=x.device)[None]
+                hit = (at >= first[:, None]) & (at < (first + span)[:, None])  # (B, size)
+                x = x.masked_fill(hit[:, :, None] if dim == 1 else hit[:, None, :], LOGMEL_MEAN)
+        return x
 
     def tokens(self, windows: Tensor) -> Tensor:
         return patchify_spectrogram((windows - LOGMEL_MEAN) / LOGMEL_STD, self.recipe.patch)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import shards, storage
-from pipeline.decode import DECODER_VERSION
 from pipeline.modality import Modality
 from pipeline.recipe import DataConfig, recipe_differences
 
@@ -28,7 +27,7 @@ class DatasetInfo:
     # float32 (M_m, F_m) per modality, read once from the first shard's __fourier__ entry; the model
     # takes them (and checks them against its own) when the config's fourier_source is "shard".
     position_features: dict[str, np.ndarray] = field(default_factory=dict)
-    decoder_version: int = DECODER_VERSION  # of the run that wrote it (1: before dataset.json recorded it)
+    decoder_version: int | None = None  # of the run that wrote it (1: before dataset.json recorded it)
 
     @property
     def class_names(self) -> list[str]:
@@ -55,7 +54,10 @@ def open_dataset(root: str) -> DatasetInfo:
 
 def decoder_note(info: DatasetInfo, where: str) -> str | None:
     """A line for a dataset an older decoder wrote, saying what differs and how to redo it; None if current."""
-    if info.decoder_version >= DECODER_VERSION:
+    # Imported here: decoding needs PyAV and decord, which a training-only machine need not have.
+    from pipeline.decode import DECODER_VERSION
+
+    if info.decoder_version is None or info.decoder_version >= DECODER_VERSION:
         return None
     return (f"note: {where} {info.root} was decoded by decoder version {info.decoder_version}, before both streams "
             f"shared the container's clock: a clip whose video starts after its audio has its picture up to that "

@@ -414,7 +414,8 @@ def decode_at_recipe(path: str | Path, data, modalities: Sequence, *, start: flo
     """Decode the streams ``modalities`` are derived from, at the recipe ``data`` (a DataConfig)."""
     streams = {s for m in modalities for s in m.streams}
     return decode_clip(path, start=start, seconds=data.segment_seconds,
-                       fps=data.video.fps if "video" in streams else None, size=data.video.size,
+                       fps=data.video.fps if "video" in streams else None,
+                       size=data.video.stored_size or data.video.size,
                        sample_rate=data.audio.sample_rate if "audio" in streams else None)
 
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pipeline import modality, shards
-from pipeline.decode import DecodedClip, DecodeError, Decoder, decode_at_recipe
-from pipeline.modality import Modality
+from pipeline.decode import DecodeError, Decoder, decode_at_recipe
+from pipeline.modality import Modality, clip_sample
 from pipeline.recipe import DataConfig
 from pipeline.records import ClipRow, IndexRow, RowFailure, as_dict
 
@@ -65,15 +65,6 @@ def encode_clip(row: ClipRow, options: EncodeOptions, tags: dict[str, dict] | No
     for m in mods:
         index_row.update({f"has_{m.name}": sample.meta[f"has_{m.name}"], m.length_key: sample.meta[m.length_key]})
     return ClipResult(row.key, index_row=dict(index_row, labels=list(row.labels)), members=members)
-
-
-def clip_sample(key: str, clip: DecodedClip, modalities: Sequence[Modality], meta: dict) -> shards.Sample:
-    """A decoded clip as the sample a shard stores: ``meta`` plus each modality's content and record."""
-    meta, content = dict(meta), {}
-    for m in modalities:
-        content[m.name], record = m.encode(clip)
-        meta.update(m.meta_fields(clip, record))
-    return shards.Sample(key, meta, content)
 
 
 def plan_shards(rows: Sequence[ClipRow], shard_size: int, prefix: str) -> list[tuple[str, list[ClipRow]]]:

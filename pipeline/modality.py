@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from pipeline.fourier import fourier_features
+from pipeline.shards import Sample
 
 # The paper's input modalities, in its concatenation order: the default of inputs.modalities.
 PAPER_MODALITIES = ("audio", "video")
@@ -139,6 +141,15 @@ class Modality:
         """An absent window: what a missing or damaged modality becomes (its tokens are zeroed anyway)."""
         return np.zeros(self.window_shape, np.float32)
 
+    def collate(self, windows: list) -> Any:
+        """A batch's windows as the loader hands them on: one host tensor, or what ``Batch.to`` decodes."""
+        return torch.from_numpy(np.stack(windows))
+
+    def prepare(self, windows: Tensor, *, generator: torch.Generator | None = None, augment: Any = None) -> Tensor:
+        """The batch's windows on the device made ready for ``tokens``: the model's size and values, and,
+        in training (``augment`` given), the kind's augmentation drawn from ``generator``."""
+        return windows
+
 
 _REGISTRY: dict[str, type[Modality]] = {}
 
@@ -210,6 +221,16 @@ def recipe_sections(data: Any, modalities: Sequence[Modality]) -> dict[str, dict
 def tags(modalities: Sequence[Modality]) -> dict[str, dict]:
     """The shards' modality tags, by name: produced here and nowhere else."""
     return {m.name: m.spec.tag(m.tag_id) for m in modalities}
+
+
+def clip_sample(key: str, clip: Any, modalities: Sequence[Modality], meta: dict) -> Sample:
+    """A decoded clip (``pipeline.decode.DecodedClip``) as the sample a shard stores: ``meta`` plus each
+    modality's content and record."""
+    meta, content = dict(meta), {}
+    for m in modalities:
+        content[m.name], record = m.encode(clip)
+        meta.update(m.meta_fields(clip, record))
+    return Sample(key, meta, content)
 
 
 def position_features(modalities: Sequence[Modality]) -> dict[str, np.ndarray]:

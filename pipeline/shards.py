@@ -40,7 +40,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from pipeline import storage
@@ -193,6 +195,48 @@ def decode_jpeg_frames(frames: Sequence[bytes | memoryview]) -> np.ndarray:
     """uint8 (frames, H, W, 3) from JPEG bytes (Pillow, libjpeg-turbo; Pillow's
     decompression-bomb limit applies to hostile headers)."""
     return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in frames])
+
+
+@dataclass
+class EncodedFrames:
+    """A batch of windows whose frames are still JPEG, as the loader hands them to the training step:
+    decoding there, in batches on the worker's device, is what lets a GPU node keep up."""
+
+    frames: list  # windows x frames 1-D uint8 tensors, window-major
+    shape: tuple[int, ...]  # one decoded window: (frames, height, width, 3)
+
+    def pin_memory(self) -> EncodedFrames:
+        return EncodedFrames([f.pin_memory() for f in self.frames], self.shape)
+
+    def windows(self, start: int, stop: int) -> EncodedFrames:
+        per = self.shape[0]
+        return EncodedFrames(self.frames[start * per:stop * per], self.shape)
+
+    def decode(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 (windows, *shape) on ``device``, bool (windows,) decoded whole): a window whose frame
+        does not decode or has another size is zeros and False, as a missing stream would be."""
+        count, per = len(self.frames) // self.shape[0], self.shape[0]
+        try:  # one batched call on CPU and CUDA alike (nvJPEG on a GPU)
+            images = decode_jpeg(self.frames, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            images = [_decode_or_none(f, device) for f in self.frames]
+        out = torch.zeros((count, *self.shape), dtype=torch.uint8, device=device)
+        ok = torch.zeros(count, dtype=torch.bool)
+        for w in range(count):
+            window = images[w * per:(w + 1) * per]
+            if all(i is not None and i.shape == (3, *self.shape[1:3]) for i in window):
+                out[w] = torch.stack(window).permute(0, 2, 3, 1)
+                ok[w] = True
+            else:
+                log.warning("a video window does not decode; treated as absent")
+        return out, ok.to(device)
+
+
+def _decode_or_none(frame, device):
+    try:
+        return decode_jpeg(frame, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return None
 
 
 def _members(path: str, stats: ReadStats, max_member_bytes: int) -> Iterator[dict]:
