@@ -121,6 +121,13 @@ def finish(model: AVClassifier, info: DatasetInfo, result: dict | None, *, cfg: 
                                     f"{plot_dir}/per_class_ap.png", title=f"per-class AP ({sets[0]})")
 
 
+def _with_defaults(held: dict, defaults: dict) -> dict:
+    """``held`` with every field it lacks (recursively) taken from ``defaults``."""
+    return {**{k: _with_defaults(held[k], v) if isinstance(v, dict) and isinstance(held.get(k), dict)
+               else held.get(k, v) for k, v in defaults.items()},
+            **{k: v for k, v in held.items() if k not in defaults}}
+
+
 class RunMismatchError(ValueError):
     """``--out`` holds a run made with another model, recipe or input layout."""
 
@@ -138,10 +145,11 @@ def check_same_run(out: storage.Location, cfg: Config, info: DatasetInfo) -> Non
                                            "samples": info.num_samples}}
     if storage.exists(out.fs, path):
         held = json.loads(storage.read_bytes(out.fs, path))
-        defaults = to_dict(Config())  # a field newer than the run counts as its default
+        defaults = to_dict(Config())  # a field newer than the run counts as its default, at any depth
         for section in (*_RUN_DEFINING, "dataset"):
+            recorded = _with_defaults(held.get(section, {}), defaults.get(section, {}))
             for key, value in current[section].items():
-                was = held.get(section, {}).get(key, defaults.get(section, {}).get(key))
+                was = recorded.get(key)
                 if was != value:
                     raise RunMismatchError(
                         f"{out.uri} holds a run with {section}.{key}={was!r}, this run "
