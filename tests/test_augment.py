@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from perceiver.classifier import AVClassifier
 from perceiver.config import AugmentConfig, load_config
+from perceiver.loader import Batch
 from pipeline.recipe import modalities_of
-from pipeline.shards import encode_jpeg_frames
+from pipeline.shards import decode_jpeg_frames, encode_jpeg_frames
 from pipeline.video import Video
 
 CFG = load_config("configs/micro.yaml", ["data.video.stored_size=40"])
@@ -66,14 +68,32 @@ def test_specaugment_masks_time_and_frequency_with_the_mean_level():
     assert torch.equal(AUDIO.prepare(windows), windows)  # evaluation: untouched
 
 
-def test_jpeg_frames_are_decoded_on_the_step_device():
+def test_jpeg_frames_are_decoded_on_the_step_device_as_pillow_decodes_them():
     jpeg = load_config("configs/micro.yaml", ["data.video.encoding=jpeg"])
     video = next(m for m in modalities_of(jpeg.data, jpeg.inputs.modalities) if isinstance(m, Video))
-    frames = np.full((8, 32, 32, 3), 100, np.uint8)
-    batch = video.collate([encode_jpeg_frames(frames, 95), video.blank()])  # the second window is absent
+    frames = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    encoded = encode_jpeg_frames(frames, 75)
+    batch = video.collate([encoded, video.blank()])  # the second window is absent
     decoded, ok = batch.decode(torch.device("cpu"))
-    assert ok.tolist() == [True, False] and decoded.shape == (2, 8, 32, 32, 3)
-    assert np.abs(decoded[0].numpy().astype(int) - 100).max() <= 2 and not decoded[1].any()
+    assert ok.tolist() == [True, False] and decoded.shape == (2, 8, 32, 32, 3) and not decoded[1].any()
+    pillow = decode_jpeg_frames(encoded)
+    assert np.abs(decoded[0].numpy().astype(int) - pillow).max() <= 2
+
+
+def test_augmentation_leaves_the_fourier_features_untouched():
+    model = AVClassifier(CFG, num_classes=8).train()
+    batch = Batch({"audio": torch.randn(2, 100, 32), "video": _clips(2)},
+                  {"audio": torch.ones(2, dtype=torch.bool), "video": torch.ones(2, dtype=torch.bool)}, {},
+                  torch.zeros(2, 8))
+    tokens = model.tokens(batch, _gen(0), AugmentConfig(crop_min_scale=0.3, flip=True, colour=0.4,
+                                                        spec_time_masks=2, spec_time_width=10))
+    inputs, _ = model.inputs(tokens)
+    at = 0
+    for spec in model.inputs.specs:
+        rows = inputs[0, at:at + spec.num_tokens]
+        torch.testing.assert_close(rows[:, spec.content_channels:spec.content_channels + spec.fourier_channels],
+                                   spec.position_features())
+        at += spec.num_tokens
 
 
 def test_the_gpu_benchmark_runs_in_its_smoke_mode():

@@ -126,3 +126,18 @@ def test_a_damaged_frame_makes_the_video_absent_not_the_run_crash(cfg):
     batch = assemble([damaged], [[0, 8 / cfg.data.video.fps]], mods, num_classes=8).to(torch.device("cpu"))
     assert batch.present["video"].tolist() == [False, True]  # the window holding frame 3 only
     assert batch.present["audio"].tolist() == [True, True] and batch.content["video"][0].sum() == 0
+
+
+def test_chunked_evaluation_scores_as_one_piece(micro_data, cfg):
+    from perceiver.classifier import AVClassifier
+    from perceiver.evaluation import score
+
+    info = open_dataset(str(micro_data.eval))
+    torch.manual_seed(0)
+    model = AVClassifier(cfg, len(info.classes))
+    # batch_size bounds the windows decoded and forwarded at once: 3 crops of 2 clips in chunks of 2, or whole.
+    chunked, targets, _ = score(model, info, batch_size=2, crops=3, device=torch.device("cpu"))
+    whole, same_targets, _ = score(model, info, batch_size=24, crops=3, device=torch.device("cpu"))
+    np.testing.assert_array_equal(targets, same_targets)
+    for name in whole:
+        np.testing.assert_allclose(chunked[name], whole[name], atol=1e-5)
