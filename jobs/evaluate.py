@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 from perceiver.evaluation import evaluate, modality_sets  # noqa: E402
 from perceiver.saved import load_model  # noqa: E402
+from pipeline import storage  # noqa: E402
 from pipeline.dataset import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
 
 
@@ -30,11 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    storage.s3_compat_env()
     try:
         model, cfg, _ = load_model(args.checkpoint)
         info = open_dataset(args.data)
         check_compatible(info, cfg.data, model.modalities, "--data")
-    except (FileNotFoundError, DatasetMismatchError, ValueError) as err:
+    except (FileNotFoundError, DatasetMismatchError, ValueError, storage.ObjectStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     sets = modality_sets(cfg.inputs.modalities)

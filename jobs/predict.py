@@ -24,6 +24,7 @@ from perceiver.classifier import AVClassifier  # noqa: E402
 from perceiver.clips import absent_modalities, clip_batch, clip_scores, read_clip  # noqa: E402
 from perceiver.config import Config  # noqa: E402
 from perceiver.saved import load_model  # noqa: E402
+from pipeline import storage  # noqa: E402
 from pipeline.decode import DecodeError  # noqa: E402
 
 
@@ -63,9 +64,10 @@ def predict_file(model: AVClassifier, cfg: Config, classes: list[dict], path: st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    storage.s3_compat_env()
     try:
         model, cfg, classes = load_model(args.checkpoint)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, storage.ObjectStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     device = torch.device(args.device)

@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    s3_env = storage.s3_compat_env()
     try:
         cfg = load_config(args.config, args.set)
         classes = load_labels(args.labels)
@@ -86,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     # --retry-failed fills them in without changing any finished shard).
     by_key = {r.key: r for r in resolved}
     missing_rows = {f.key: as_dict(f) for f in missing}
-    out = storage.locate(args.out)
+    try:
+        out = storage.locate(args.out)
+    except storage.ObjectStoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     job = PreprocessJob(
         out=out, rows=[by_key.get(r.key, r) for r in rows], missing=missing_rows,
         source_failures=[as_dict(f) for f in failures],
@@ -98,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                 "media_dir": args.media_dir, "media_pattern": args.media_pattern, "full_videos": args.full_videos,
                 "config": args.config, "overrides": args.set},
     )
-    ray.init(address=args.address, log_to_driver=True, runtime_env={"env_vars": faults.forwarded_env()})
+    # Credentials are not forwarded: every node reads them from its own environment.
+    ray.init(address=args.address, log_to_driver=True,
+             runtime_env={"env_vars": {**faults.forwarded_env(), **s3_env}})
     try:
         check_reachable(out)
         with RunLock(out, "preprocess"):
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RunLockedError, DatasetMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    except StorageError as err:
+    except (StorageError, storage.ObjectStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary.line(), flush=True)

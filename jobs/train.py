@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    s3_env = storage.s3_compat_env()
     overrides = list(args.set)
     if args.num_workers is not None:
         overrides.append(f"train.num_workers={args.num_workers}")
@@ -54,44 +55,60 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         modalities = modalities_of(cfg.data, cfg.inputs.modalities)
-        info = open_dataset(args.train)
+        # The workers open the datasets again: they get the URIs with their query options.
+        train_uri, eval_uri = (storage.locate(a).uri if a else None for a in (args.train, args.eval))
+        info = open_dataset(train_uri)
         check_compatible(info, cfg.data, modalities, "--train")
         notes = [decoder_note(info, "--train")]
         if args.eval:
-            eval_info = open_dataset(args.eval)
+            eval_info = open_dataset(eval_uri)
             check_compatible(eval_info, cfg.data, modalities, "--eval")
             notes.append(decoder_note(eval_info, "--eval"))
             if [c["mid"] for c in eval_info.classes] != [c["mid"] for c in info.classes]:
-                raise DatasetMismatchError(f"--eval {args.eval} has another class list than --train {args.train}")
+                raise DatasetMismatchError(f"--eval {eval_info.root} has another class list than --train {info.root}")
+        out = storage.locate(args.out)
     except (ConfigError, DatasetMismatchError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except storage.ObjectStoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     for note in filter(None, notes):
         print(note, file=sys.stderr)
-    out = storage.locate(args.out)
-    ray.init(address=args.address, log_to_driver=True, runtime_env={"env_vars": faults.forwarded_env()})
+    # Credentials are not forwarded: every node reads them from its own environment.
+    ray.init(address=args.address, log_to_driver=True,
+             runtime_env={"env_vars": {**faults.forwarded_env(), **s3_env}})
     resources = {"CPU": args.cpus_per_worker} if args.cpus_per_worker else None
     try:
         check_reachable(out)
         with RunLock(out, "train"):
             print(f"train: {info.num_samples} clips in {len(info.shards)} shards, {cfg.train.num_workers} workers "
-                  f"({'GPU' if cfg.train.use_gpu else 'CPU'}), {cfg.train.steps} steps -> {out.uri}", flush=True)
+                  f"({'GPU' if cfg.train.use_gpu else 'CPU'}), {cfg.train.steps} steps -> {out.shown}", flush=True)
             check_same_run(out, cfg, info)
-            fit(cfg, train=info.root, eval_=eval_info.root if args.eval else None, out=out,
+            fit(cfg, train=train_uri, eval_=eval_uri, out=out,
                 num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources)
     except (RunLockedError, RunMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except storage.ObjectStoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except ray.train.TrainingFailedError as err:
         cause = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         print(f"error: training failed after {cfg.train.max_failures} restarts ({cause}); the run directory keeps "
               f"its checkpoints: rerun the same command to resume", file=sys.stderr)
         return 1
-    if args.eval and storage.exists(out.fs, out.join("eval.json")):
-        metrics = json.loads(storage.read_bytes(out.fs, out.join("eval.json")))
+    try:
+        metrics = json.loads(storage.read_bytes(out.fs, out.join("eval.json"))) if args.eval else None
+    except FileNotFoundError:
+        metrics = None
+    except storage.ObjectStoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if metrics is not None:
         print("train: eval " + " ".join(f"{k} mAP={v['mAP']:.3f}" for k, v in metrics.items()
                                         if isinstance(v, dict) and "mAP" in v))
-    print(f"train: model at {out.uri}/model.pt", flush=True)
+    print(f"train: model at {out.child('model.pt').shown}", flush=True)
     return 0
 
 

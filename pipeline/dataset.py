@@ -19,8 +19,8 @@ class DatasetMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    root: str
-    shards: tuple[str, ...]  # full paths or URIs
+    root: str  # as records show it: a URI without query options or credentials
+    shards: tuple[str, ...]  # full paths or URIs, query options kept so any process can open them
     num_samples: int
     classes: tuple[dict, ...]
     recipe: dict
@@ -39,15 +39,16 @@ def open_dataset(root: str) -> DatasetInfo:
     loc = storage.locate(root)
     path = loc.join("dataset.json")
     if not storage.exists(loc.fs, path):
-        raise FileNotFoundError(f"{loc.uri}/dataset.json not found: is {root} a directory written by jobs/preprocess.py?")
+        raise FileNotFoundError(f"{loc.child('dataset.json').shown} not found: is {loc.shown} a directory written by "
+                                f"jobs/preprocess.py?")
     meta = json.loads(storage.read_bytes(loc.fs, path))
     if meta.get("schema_version") != shards.SCHEMA_VERSION:
-        raise DatasetMismatchError(f"{loc.uri}: shard schema version {meta.get('schema_version')}, this reader "
+        raise DatasetMismatchError(f"{loc.shown}: shard schema version {meta.get('schema_version')}, this reader "
                                    f"reads {shards.SCHEMA_VERSION}: preprocess the data again")
-    paths = tuple(f"{loc.uri.rstrip('/')}/{s}" for s in meta["shards"])
+    paths = tuple(loc.child(*s.split("/")).uri for s in meta["shards"])
     if not paths:
-        raise DatasetMismatchError(f"{loc.uri}: the dataset has no shards (see its failures.parquet)")
-    return DatasetInfo(loc.uri, paths, int(meta["counts"]["samples"]), tuple(meta["classes"]), meta["recipe"],
+        raise DatasetMismatchError(f"{loc.shown}: the dataset has no shards (see its failures.parquet)")
+    return DatasetInfo(loc.shown, paths, int(meta["counts"]["samples"]), tuple(meta["classes"]), meta["recipe"],
                        position_features=shards.read_fourier(paths[0])[1],
                        decoder_version=meta.get("decoder_version", 1))
 

@@ -11,6 +11,13 @@ worker -> object store -> writer -> storage, never through the driver.
 Resume: the plan (which keys go to which shard) is a function of the inputs, and a shard is
 finished once its part record ``_parts/<shard>.json`` exists (written after the shard itself).
 A rerun skips finished shards and redoes the rest.
+
+At AudioSet's 2 million rows a run has some 31,000 shards: reading their part records one by
+one would cost as many GET requests. So every ``BUNDLE`` finished shards a task packs their
+records into one ``_parts/bundles/`` file; a run reads the bundles and the singles no bundle
+holds (a kill between two bundles), in parallel, once at its start, and keeps the records of the
+shards it writes, so finalizing reads nothing back. Singles are not deleted: pyarrow's S3
+``delete_file`` puts a ``prefix/`` marker back, which file-backed servers refuse.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -40,6 +49,10 @@ from pipeline.records import ClipRow
 
 log = logging.getLogger(__name__)
 PARTS = "_parts"
+BUNDLES = f"{PARTS}/bundles"
+BUNDLE = 200  # part records per bundle: 31,000 shards cost 155 bundle GETs and 31 list pages
+ROW_GROUP = 65536  # rows per parquet row group of index.parquet and failures.parquet
+READERS = 16  # parallel GETs when part records are read back
 
 
 class StorageError(RuntimeError):
@@ -59,6 +72,7 @@ class PreprocessJob:
     split: str = "train"
     retry_failed: bool = False
     inputs: dict = field(default_factory=dict)  # how the job was called, for dataset.json
+    task_cpus: float = 1.0  # CPUs a clip task reserves (below 1 where a stand-in decoder does no work)
 
 
 @dataclass
@@ -79,7 +93,8 @@ class Summary:
 def _encode_task(row: ClipRow, options: EncodeOptions, tags: dict) -> tuple[dict, list]:
     faults.clip_task_started(row.key)
     res = encode_clip(row, options, tags)
-    return {"key": res.key, "index_row": res.index_row, "failure": res.failure}, res.members
+    node = ray.get_runtime_context().get_node_id()
+    return {"key": res.key, "index_row": res.index_row, "failure": res.failure, "node": node}, res.members
 
 
 @ray.remote(num_cpus=0, max_retries=3)
@@ -102,25 +117,41 @@ def _check_same_dataset(job: PreprocessJob, plan_file: str, digest: dict[str, st
         for part in ("split", "recipe", "classes"):
             if held.get(part) != record[part]:
                 raise DatasetMismatchError(
-                    f"{job.out.uri} already holds a dataset with a different {part}: "
+                    f"{job.out.shown} already holds a dataset with a different {part}: "
                     f"choose a new --out or delete that directory")
         clash = [n for n, d in digest.items() if n in held["shards"] and held["shards"][n] != d]
         if clash:
             raise DatasetMismatchError(
-                f"{job.out.uri} already holds shard {clash[0]} made from other rows (the inputs changed): "
+                f"{job.out.shown} already holds shard {clash[0]} made from other rows (the inputs changed): "
                 f"choose a new --out, or rerun with the original segment lists")
         record["shards"] = {**held["shards"], **digest}
     storage.write_bytes(fs, plan_file, json.dumps(record, sort_keys=True).encode())
 
 
-def _part_names(out: storage.Location) -> set[str]:
-    """Finished shards (without ``.tar``), from one listing: no part body is read."""
-    return {path.rsplit("/", 1)[1][: -len(".json")] for path in storage.list_files(out.fs, out.join(PARTS), ".json")}
+def _read_json(fs, paths: Iterable[str]) -> list:
+    with ThreadPoolExecutor(READERS) as pool:  # the requests wait on the network, not on the GIL
+        return list(pool.map(lambda p: json.loads(storage.read_bytes(fs, p)), paths))
 
 
 def _load_parts(out: storage.Location) -> dict[str, dict]:
-    return {name: json.loads(storage.read_bytes(out.fs, out.join(PARTS, f"{name}.json")))
-            for name in sorted(_part_names(out))}
+    """Finished shards (without ``.tar``) -> part record, from the bundles and the singles left."""
+    parts = {p["shard"][: -len(".tar")]: p
+             for bundle in _read_json(out.fs, storage.list_files(out.fs, out.join(BUNDLES), ".json")) for p in bundle}
+    singles = [p for p in storage.list_files(out.fs, out.join(PARTS), ".json")
+               if p.rsplit("/", 1)[1][: -len(".json")] not in parts]
+    parts.update((p["shard"][: -len(".tar")], p) for p in _read_json(out.fs, singles))
+    return dict(sorted(parts.items()))
+
+
+@ray.remote(num_cpus=0, max_retries=3)
+def _bundle_task(out: storage.Location, parts: list[dict]) -> None:
+    """One bundle file for ``parts`` (a retried task may write a second: ``_load_parts`` reads both as one)."""
+    storage.write_bytes(out.fs, out.join(BUNDLES, f"{parts[0]['shard'][:-len('.tar')]}-{uuid.uuid4().hex[:8]}.json"),
+                        json.dumps(parts).encode())
+
+
+def _part_path(out: storage.Location, shard: str) -> str:
+    return out.join(PARTS, shard[: -len(".tar")] + ".json")
 
 
 def _retry_plan(job: PreprocessJob, parts: dict[str, dict], planned: list[str]) -> list[tuple[str, list[ClipRow]]]:
@@ -135,8 +166,9 @@ def _retry_plan(job: PreprocessJob, parts: dict[str, dict], planned: list[str]) 
     return plan_shards(retried, job.options.data.shard_size, f"{job.split}-retry{round_}")
 
 
-def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: dict) -> None:
-    """Run the pending shards of ``plan`` on the cluster, writing each shard and its part record."""
+def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: dict, parts: dict[str, dict]) -> None:
+    """Run the pending shards of ``plan`` on the cluster, writing each shard and its part record
+    (also added to ``parts``) and a bundle of every ``BUNDLE`` of them."""
     data = job.options.data
     fourier_ref = ray.put(shards.fourier_members(tags, modality.position_features(job.options.modalities)))
     in_flight_cap = data.max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -149,6 +181,9 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
                 results[name][r.key] = ({"key": r.key, "index_row": None, "failure": job.missing[r.key]}, None)
     running: dict[ray.ObjectRef, tuple] = {}
     writers: dict[ray.ObjectRef, str] = {}
+    bundles: list[ray.ObjectRef] = []
+    unbundled: list[dict] = []
+    encode = _encode_task.options(num_cpus=job.task_cpus)
     written = 0
     bar = tqdm(total=len(todo), unit="clip", desc="preprocess", mininterval=2.0, smoothing=0.1)
 
@@ -171,7 +206,7 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
         # Writers hold whole shards: when storage falls behind, stop decoding until it catches up.
         while todo and len(running) < in_flight_cap and len(writers) < in_flight_cap:
             name, row = todo.popleft()
-            status_ref, members_ref = _encode_task.remote(row, job.options, tags)
+            status_ref, members_ref = encode.remote(row, job.options, tags)
             running[status_ref] = (name, row, members_ref, time.monotonic())
         ready, _ = ray.wait([*running, *writers], num_returns=1, timeout=1.0, fetch_local=True)
         for ref in ready:
@@ -181,9 +216,14 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
                     size = ray.get(ref)
                 except ray.exceptions.RayError as err:
                     cause = str(err).strip().splitlines()[-1]
-                    raise StorageError(f"writing shard {name} to {job.out.uri} failed ({cause}); finished shards "
+                    raise StorageError(f"writing shard {name} to {job.out.shown} failed ({cause}); finished shards "
                                        f"are kept: fix the storage and rerun the same command") from None
-                _write_part(job.out, name, results.pop(name), size)
+                part = _write_part(job.out, name, results.pop(name), size)
+                parts[name[: -len(".tar")]] = part
+                unbundled.append(part)
+                if len(unbundled) == BUNDLE:
+                    bundles.append(_bundle_task.remote(job.out, unbundled))
+                    unbundled = []
                 written += 1
                 faults.driver_shard_written(written)
                 continue
@@ -204,24 +244,35 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
                     row, "decode", "timeout", f"{row.path}: decode took over {data.decode_timeout_s:.0f} s")},
                     None)
     bar.close()
+    if unbundled:
+        bundles.append(_bundle_task.remote(job.out, unbundled))
+    try:
+        ray.get(bundles)
+    except ray.exceptions.RayError as err:
+        cause = str(err).strip().splitlines()[-1]
+        raise StorageError(f"bundling part records in {job.out.shown} failed ({cause}); every shard is written: "
+                           f"rerun the same command to finish") from None
 
 
-def _write_part(out: storage.Location, name: str, results: dict[str, tuple], size: int) -> None:
+def _write_part(out: storage.Location, name: str, results: dict[str, tuple], size: int) -> dict:
     statuses = [s for s, _ in results.values()]
     part = {"shard": name, "bytes": size,
             "samples": [dict(s["index_row"], shard=name) for s in statuses if s["index_row"]],
-            "failures": [s["failure"] for s in statuses if s["failure"]]}
-    storage.write_bytes(out.fs, out.join(PARTS, name[: -len(".tar")] + ".json"), json.dumps(part).encode())
+            "failures": [s["failure"] for s in statuses if s["failure"]],
+            # Where each clip was encoded (Ray node ids; clips recorded without a task have none).
+            "nodes": dict(collections.Counter(s["node"] for s in statuses if s.get("node")))}
+    storage.write_bytes(out.fs, _part_path(out, name), json.dumps(part).encode())
+    return part
 
 
 def _write_table(out: storage.Location, name: str, rows: list[dict], schema: pa.Schema) -> None:
-    table = pa.Table.from_pylist(rows, schema=schema)
-    with storage.atomic_output(out.fs, out.join(name)) as f:
-        pq.write_table(table, f)
+    """Row groups of ``ROW_GROUP`` rows, each made from its slice of dicts: never a second copy of all rows."""
+    with storage.atomic_output(out.fs, out.join(name)) as f, pq.ParquetWriter(f, schema) as writer:
+        for start in range(0, max(len(rows), 1), ROW_GROUP):
+            writer.write_table(pa.Table.from_pylist(rows[start:start + ROW_GROUP], schema=schema))
 
 
-def _finalize(job: PreprocessJob, recipe: dict, started: float) -> Summary:
-    parts = _load_parts(job.out)
+def _finalize(job: PreprocessJob, recipe: dict, started: float, parts: dict[str, dict]) -> Summary:
     samples = sorted((s for p in parts.values() for s in p["samples"]), key=lambda s: s["key"])
     sampled = {s["key"] for s in samples}
     # A row retried into a later shard leaves its earlier failure behind: the sample wins.
@@ -233,9 +284,13 @@ def _finalize(job: PreprocessJob, recipe: dict, started: float) -> Summary:
     _write_table(job.out, "failures.parquet", failures, records.FAILURE_SCHEMA)
     by_reason = dict(collections.Counter(f["error"].split(":")[0] for f in failures))
     shard_names = sorted(p["shard"] for p in parts.values() if p["samples"])
+    kept = set(shard_names)
     for path in storage.list_files(job.out.fs, job.out.join("shards"), ".tar"):
-        if path.rsplit("/", 1)[1] not in shard_names:  # written by a run killed before its part record
-            job.out.fs.delete_file(path)
+        if path.rsplit("/", 1)[1] not in kept:  # written by a run killed before its part record
+            storage.remove(job.out.fs, path)
+    nodes = collections.Counter()
+    for p in parts.values():
+        nodes.update(p.get("nodes", {}))
     dataset = {
         "schema_version": shards.SCHEMA_VERSION,
         "decoder_version": DECODER_VERSION,
@@ -246,6 +301,7 @@ def _finalize(job: PreprocessJob, recipe: dict, started: float) -> Summary:
                    "by_reason": by_reason, "shards": len(shard_names),
                    "bytes": int(sum(s["bytes"] for s in samples))},
         "shards": [f"shards/{n}" for n in shard_names],
+        "nodes": dict(sorted(nodes.items())),  # Ray node id -> clips it encoded
         "config": dataclasses.asdict(job.options.data),
         "inputs": job.inputs,
     }
@@ -262,19 +318,19 @@ def run_preprocess(job: PreprocessJob) -> Summary:
     storage.remove_stale_temporaries(job.out.fs, job.out.join("shards"))
     plan = plan_shards(job.rows, data.shard_size, job.split)
     _check_same_dataset(job, job.out.join("_plan.json"), _plan_digest(plan), recipe)
+    parts = _load_parts(job.out)
     if job.retry_failed:
         planned = json.loads(storage.read_bytes(job.out.fs, job.out.join("_plan.json")))["shards"]
-        plan = _retry_plan(job, _load_parts(job.out), list(planned))
+        plan = _retry_plan(job, parts, list(planned))
         _check_same_dataset(job, job.out.join("_plan.json"), _plan_digest(plan), recipe)
-    finished = _part_names(job.out)
-    pending = [(name, rows) for name, rows in plan if name[: -len(".tar")] not in finished]
+    pending = [(name, rows) for name, rows in plan if name[: -len(".tar")] not in parts]
     done = len(plan) - len(pending)
     print(f"preprocess: {len(plan)} shards planned, {done} already complete, {len(pending)} to do "
           f"({sum(len(r) for _, r in pending)} clips) on {int(ray.cluster_resources().get('CPU', 0))} CPUs",
           flush=True)
     if pending:
-        _execute(job, pending, tags)
-    return _finalize(job, recipe, started)
+        _execute(job, pending, tags, parts)
+    return _finalize(job, recipe, started, parts)
 
 
 def check_reachable(out: storage.Location) -> None:
@@ -292,7 +348,7 @@ def check_reachable(out: storage.Location) -> None:
         seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                         .remote(marker) for n in nodes])
     finally:
-        out.fs.delete_file(marker)
+        storage.remove(out.fs, marker)
     if not all(seen):
-        raise SystemExit(f"error: --out {out.uri} is a local path that {seen.count(False)} of {len(nodes)} nodes "
+        raise SystemExit(f"error: --out {out.shown} is a local path that {seen.count(False)} of {len(nodes)} nodes "
                          f"cannot see: use a shared mount or an object store URI (s3://, gs://)")

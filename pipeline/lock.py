@@ -4,6 +4,7 @@ A run writes ``<out>/_run.lock`` (JSON: run id, host, pid, start time, heartbeat
 the heartbeat while it lives. A second run on the same directory is refused with one line that
 names the holder. A lock whose holder is gone does not block forever: on the same host a dead
 pid frees it at once; from another host a heartbeat older than ``stale_after_s`` does.
+On an object store a finished run overwrites the lock with a "released" record instead of deleting it.
 """
 
 from __future__ import annotations
@@ -52,11 +53,14 @@ class RunLock:
     def _holder(self) -> dict | None:
         """The lock's record; None without a lock file; {"heartbeat": mtime} if it cannot be read
         (a run killed between creating and writing it), which goes stale like a silent heartbeat."""
-        info = self.out.fs.get_file_info(self.path)
+        info = storage.file_info(self.out.fs, self.path)
         if info.type == pafs.FileType.NotFound:
             return None
         try:
-            return json.loads(storage.read_bytes(self.out.fs, self.path))
+            held = json.loads(storage.read_bytes(self.out.fs, self.path))
+            return None if held.get("released") else held
+        except storage.ObjectStoreError:  # the store refused: a real error, not a torn lock
+            raise
         except (ValueError, OSError):
             return {"heartbeat": info.mtime.timestamp() if info.mtime else 0.0}
 
@@ -74,7 +78,7 @@ class RunLock:
     def _refuse(self, holder: dict) -> None:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
         raise RunLockedError(
-            f"{self.out.uri} is in use by a live {holder.get('job', 'run')} (run {holder.get('run_id')}, "
+            f"{self.out.shown} is in use by a live {holder.get('job', 'run')} (run {holder.get('run_id')}, "
             f"pid {holder.get('pid')} on {holder.get('host')}, started {started}): wait for it, "
             f"stop it, or choose another output directory")
 
@@ -110,7 +114,10 @@ class RunLock:
         _HELD.discard(self.record["run_id"])
         holder = self._holder()
         if holder and holder.get("run_id") == self.record["run_id"]:
-            self.out.fs.delete_file(self.path)
+            if self.out.is_local:
+                os.unlink(self.path)
+            else:  # pyarrow's S3 delete puts a folder marker back, which file-backed servers refuse
+                storage.write_bytes(self.out.fs, self.path, json.dumps({"released": time.time()}).encode())
 
     def __enter__(self) -> RunLock:
         return self.acquire()

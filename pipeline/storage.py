@@ -5,6 +5,12 @@ Every job path (``--out``, ``--train``, ``--eval``) may be a plain path or a URI
 file system a file is written under a hidden temporary name and renamed; on an object store
 the object appears only when its upload completes, so the file is staged locally first and
 uploaded in one piece.
+
+Object stores have no directories: nothing here creates one there (pyarrow's ``create_dir``
+writes an empty ``prefix/`` marker object, which file-backed S3 servers refuse once the folder
+exists). A URI may carry pyarrow's query options (``s3://b/p?endpoint_override=HOST:PORT&scheme=http``):
+paths are joined before the query, and records and messages show ``Location.shown``, the URI
+without query or user info, so endpoints and keys never land in a file or a log.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +28,51 @@ from typing import BinaryIO
 
 import pyarrow.fs as pafs
 
+# pyarrow's AWS SDK streams uploads with trailing checksums, which many S3-compatible servers
+# (rclone, older MinIO, Ceph) answer with HTTP 411; "when_required" sends plain uploads, and AWS
+# itself accepts both.
+S3_COMPAT_ENV = {"AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+                 "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
+
+
+def s3_compat_env() -> dict[str, str]:
+    """Default ``S3_COMPAT_ENV`` in this process where the user set nothing, and return the values
+    for the Ray workers' runtime_env (they are settings, not credentials). Call before any S3 use:
+    the SDK reads them when a file system is made."""
+    for key, value in S3_COMPAT_ENV.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in S3_COMPAT_ENV}
+
+
+OBJECT_STORES = ("s3", "gcs", "abfs")  # pyarrow type names of stores where folders are only key prefixes
+
+
+class ObjectStoreError(OSError):
+    """A request to an object store failed; the message is one line naming the URI and the operation."""
+
+
+def shown(uri: str) -> str:
+    """``uri`` as records and messages show it: without query options or ``user:secret@``."""
+    if "://" not in uri:
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+@contextlib.contextmanager
+def _request(fs: pafs.FileSystem, path: str, operation: str) -> Iterator[None]:
+    """Turn an object store's failure into one ``ObjectStoreError`` line; local errors and a missing
+    file pass unchanged (callers handle those)."""
+    try:
+        yield
+    except (FileNotFoundError, ObjectStoreError):
+        raise
+    except OSError as err:
+        if isinstance(fs, pafs.LocalFileSystem):
+            raise
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ObjectStoreError(f"{operation} {fs.type_name}://{path} failed: {cause}") from None
+
 
 @dataclass(frozen=True)
 class Location:
@@ -28,18 +80,24 @@ class Location:
 
     fs: pafs.FileSystem
     path: str
-    uri: str
+    uri: str  # as given, query options included: what another process needs to reach it
 
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
+    @property
+    def shown(self) -> str:
+        return shown(self.uri)
+
     def join(self, *parts: str) -> str:
         return "/".join([self.path.rstrip("/"), *parts])
 
     def child(self, *parts: str) -> Location:
-        sep = "" if self.uri.endswith("/") else "/"
-        return Location(self.fs, self.join(*parts), self.uri + sep + "/".join(parts))
+        # The parts go before a URI's query; a local path keeps a "?" in a file name as it is.
+        base, mark, query = self.uri.partition("?") if "://" in self.uri else (self.uri, "", "")
+        sep = "" if base.endswith("/") else "/"
+        return Location(self.fs, self.join(*parts), base + sep + "/".join(parts) + mark + query)
 
 
 def locate(uri: str | os.PathLike) -> Location:
@@ -47,30 +105,45 @@ def locate(uri: str | os.PathLike) -> Location:
     text = os.fspath(uri)
     if "://" not in text:
         text = str(Path(text).expanduser().resolve())
-    fs, path = pafs.FileSystem.from_uri(text)
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except OSError as err:
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ObjectStoreError(f"opening {shown(text)} failed: {cause}") from None
     return Location(fs, path, text)
 
 
+def file_info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo:
+    with _request(fs, path, "looking up"):
+        return fs.get_file_info(path)
+
+
 def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return file_info(fs, path).type != pafs.FileType.NotFound
 
 
 def is_dir(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    return file_info(fs, path).type == pafs.FileType.Directory
 
 
 def list_files(fs: pafs.FileSystem, path: str, suffix: str = "") -> list[str]:
     """Sorted full paths of the files directly in ``path`` whose name ends with ``suffix``."""
     if not is_dir(fs, path):
         return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    with _request(fs, path, "listing"):
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
                   and not i.base_name.startswith("."))
 
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
+    with _request(fs, path, "reading"), fs.open_input_stream(path) as f:
         return f.read()
+
+
+def remove(fs: pafs.FileSystem, path: str) -> None:
+    with _request(fs, path, "deleting"):
+        fs.delete_file(path)
 
 
 @contextlib.contextmanager
@@ -80,9 +153,9 @@ def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[BinaryIO]:
     Local: a hidden temporary file in the same directory, fsynced and renamed over ``path``.
     Elsewhere: a local temporary file uploaded on success (an upload is all-or-nothing).
     """
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    name = path.rsplit("/", 1)[1]
+    parent, name = path.rsplit("/", 1)
+    if fs.type_name not in OBJECT_STORES:  # local, HDFS, pyarrow's in-memory stand-in: folders first
+        fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
@@ -100,7 +173,7 @@ def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[BinaryIO]:
         f.flush()
         f.seek(0)
         try:
-            with fs.open_output_stream(path) as out:
+            with _request(fs, path, "uploading"), fs.open_output_stream(path) as out:
                 shutil.copyfileobj(f, out, 1 << 22)
         except BaseException:
             # pyarrow's S3 stream completes the upload when its block exits, even on an error:

