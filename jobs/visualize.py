@@ -5,8 +5,9 @@
 
 The clip's middle window goes through the model; for each chosen block, its cross-attend's
 weights (averaged over heads, and over latents or from the most peaked latent) are split into
-each modality's tokens and drawn on the patch grid: over the window's frames for video
-(DIR/attention_block<i>_video.png) and under its waveform or spectrogram for audio
+each modality's tokens and drawn on the patch grid: for video, the frames the model saw, each
+titled with its time in the clip, alone and with the map painted over them as in the paper's
+Fig. 4 (DIR/attention_block<i>_video.png); for audio, under its waveform or spectrogram
 (DIR/attention_block<i>_audio.png). Each map is min-max scaled to [0, 1] on its own, so the
 first cross-attend's input-like maps and the later ones' tartan-like patterns both stay
 visible; titles give the raw range and the share of all attention that went to the modality.
@@ -31,6 +32,7 @@ from perceiver.clips import (  # noqa: E402
     read_clip,
     read_stored_sample,
 )
+from perceiver.loader import window_starts  # noqa: E402
 from perceiver.plots import plot_attention_audio, plot_attention_video  # noqa: E402
 from perceiver.saved import load_model  # noqa: E402
 from pipeline.dataset import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
@@ -79,6 +81,15 @@ def min_max(grid: np.ndarray) -> np.ndarray:
     return (grid - grid.min()) / span if span > 0 else np.zeros_like(grid)
 
 
+def video_view(kind: Video, window: np.ndarray, start_s: float) -> tuple[np.ndarray, list[float]]:
+    """One window's stored frames (F, S, S, 3) as the model sees them in evaluation, and each frame's time
+    in the clip (seconds): the centre ``size`` square, where the stored frames are larger for training's
+    random crops; the patch grid covers that square only."""
+    size, top = kind.recipe.size, (window.shape[1] - kind.recipe.size) // 2
+    frames = window[:, top:top + size, top:top + size]
+    return frames, [start_s + i / kind.recipe.fps for i in range(frames.shape[0])]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -99,20 +110,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for m in absent_modalities(sample, model.modalities):
         print(f"note: no {m} stream: its tokens carry no content, only position and modality features")
-    batch = clip_batch(sample, model.modalities, 1, len(classes))
-    grids = attention_grids(model.to(args.device), batch.to(torch.device(args.device)), args.latent)
+    batch = clip_batch(sample, model.modalities, 1, len(classes)).to(torch.device(args.device))
+    grids = attention_grids(model.to(args.device), batch, args.latent)
+    (start_s,) = window_starts(sample.meta, model.modalities, 1, None)  # the window clip_batch took
     name = sample.key
     kinds = {m.name: m for m in model.modalities}
     for b in blocks:
         for modality, grid in grids[b].items():
-            window = batch.content[modality][0].numpy()
+            # From the batch on the device: JPEG frames are decoded there.
+            window = batch.content[modality][0].cpu().numpy()
             # Scaled per map: a map's pattern lives in small differences between near-uniform weights
             # (the audio plot's axis starts at 0 and would flatten them); the raw range goes in the title.
             title = (f"{name}: block {b} cross-attention on {modality} ({LATENT_TITLES[args.latent]})\n"
                      f"{grid.sum():.0%} of all attention; scaled to [0, 1] from [{grid.min():.2g}, {grid.max():.2g}]")
             out = Path(args.out) / f"attention_block{b}_{modality}.png"
-            if isinstance(kinds[modality], Video):  # frames under the map; a signal's trace or spectrogram otherwise
-                print(plot_attention_video(min_max(grid), window, out, title=title))
+            if isinstance(kinds[modality], Video):  # the map over the frames; a signal's trace or spectrogram otherwise
+                frames, times = video_view(kinds[modality], window, start_s)
+                print(plot_attention_video(min_max(grid), frames, out, times=times, title=title))
             else:
                 print(plot_attention_audio(min_max(grid), window, out, title=title))
     return 0

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
@@ -26,6 +28,52 @@ def _save(fig: Figure, out_png: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=_DPI)
     return path
+
+
+# A line with this many points or more (a per-step loss) is drawn faint under its running mean:
+# step-to-step noise would hide the trend.
+SMOOTH_FROM = 50
+
+
+def running_mean(values: Sequence[float], window: int) -> np.ndarray:
+    """The mean of each ``window`` consecutive values: ``len(values) - window + 1`` of them."""
+    return np.convolve(np.asarray(values, dtype=np.float64), np.ones(window) / window, mode="valid")
+
+
+def curves_figure(
+    metrics: Sequence[Mapping[str, Any]],
+    *,
+    x: str = "step",
+    ys: Sequence[str] = ("loss",),
+    title: str | None = None,
+) -> Figure:
+    """The figure of :func:`plot_curves`."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    plotted = 0
+    for key in ys:
+        points = [(rec[x], rec[key]) for rec in metrics if x in rec and key in rec]
+        if not points:
+            continue
+        xs, vals = zip(*points, strict=True)
+        if len(points) < SMOOTH_FROM:
+            ax.plot(xs, vals, marker=".", label=key)
+        else:
+            window = len(points) // 20
+            (raw,) = ax.plot(xs, vals, alpha=0.3, linewidth=0.8, label=f"{key} (each {x})")
+            # Each mean is drawn at the last point of its window: the curve never runs ahead of the data.
+            ax.plot(xs[window - 1:], running_mean(vals, window), color=raw.get_color(),
+                    label=f"{key}, mean of the last {window}")
+        plotted += 1
+    if plotted:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, f"no records with {x!r} and any of {list(ys)}", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel(x)
+    ax.grid(alpha=0.3)
+    ax.set_title(title if title is not None else ", ".join(ys))
+    return fig
 
 
 def plot_curves(
@@ -40,26 +88,11 @@ def plot_curves(
 
     Records are the rows of a training log, where evaluation keys (for example
     ``"eval_mAP"``) appear only on some steps, so a record lacking ``x`` or a
-    given y key is skipped for that line rather than treated as an error.
+    given y key is skipped for that line rather than treated as an error. A line
+    of ``SMOOTH_FROM`` points or more is drawn faint, under the running mean of
+    one twentieth of its points; shorter ones are drawn point by point.
     """
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.add_subplot()
-    plotted = 0
-    for key in ys:
-        points = [(rec[x], rec[key]) for rec in metrics if x in rec and key in rec]
-        if points:
-            xs, vals = zip(*points, strict=True)
-            ax.plot(xs, vals, marker="." if len(points) < 50 else None, label=key)
-            plotted += 1
-    if plotted:
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, f"no records with {x!r} and any of {list(ys)}", ha="center", va="center",
-                transform=ax.transAxes)
-    ax.set_xlabel(x)
-    ax.grid(alpha=0.3)
-    ax.set_title(title if title is not None else ", ".join(ys))
-    return _save(fig, out_png)
+    return _save(curves_figure(metrics, x=x, ys=ys, title=title), out_png)
 
 
 def plot_per_class_ap(
@@ -120,46 +153,90 @@ def plot_per_class_ap(
     return _save(fig, out_png)
 
 
-def plot_attention_video(
+# The colour map of attention, and how much of a pixel the colour takes where attention is highest:
+# the rest stays the frame's own, so the frame shows through everywhere.
+ATTENTION_CMAP = "inferno"
+OVERLAY_OPACITY = 0.6
+
+
+def attention_overlay(frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``frame`` (H, W, 3) uint8 with ``weights`` (H', W') in [0, 1], one per patch, painted over it.
+
+    Each pixel takes its patch's colour from ``ATTENTION_CMAP`` in proportion to the patch's weight
+    (up to ``OVERLAY_OPACITY``), so a patch of weight 0 keeps the frame's pixels exactly. Patches are
+    drawn as the blocks of pixels they are, not smoothed: the model sees no finer grid.
+    """
+    frame, weights = np.asarray(frame), np.clip(np.asarray(weights, dtype=np.float64), 0.0, 1.0)
+    if frame.ndim != 3 or frame.shape[-1] != 3 or weights.ndim != 2:
+        raise ValueError(f"need an (H, W, 3) frame and (H', W') weights; got {frame.shape} and {weights.shape}")
+    height, width = frame.shape[:2]
+    rows = np.arange(height) * weights.shape[0] // height
+    cols = np.arange(width) * weights.shape[1] // width
+    per_pixel = weights[rows][:, cols]  # (H, W): each pixel's patch weight
+    colour = colormaps[ATTENTION_CMAP](per_pixel)[..., :3] * 255.0
+    mix = (OVERLAY_OPACITY * per_pixel)[..., None]
+    return np.rint(frame * (1.0 - mix) + colour * mix).astype(np.uint8)
+
+
+def video_attention_figure(
     attn: np.ndarray,
     frames: np.ndarray,
-    out_png: str | os.PathLike[str],
     *,
+    times: Sequence[float] | None = None,
     title: str | None = None,
-) -> Path:
-    """A row of video frames, one per patch-time step, each overlaid with its attention heat map.
-
-    ``attn`` is ``(T', H', W')`` attention over the video patch grid and
-    ``frames`` the ``(F, H, W, 3)`` uint8 clip. Patch-time step ``t`` covers
-    frames ``[t F / T', (t + 1) F / T')``; its middle frame is shown. All
-    panels share one colour scale so attention is comparable across time.
-    """
+) -> Figure:
+    """The figure of :func:`plot_attention_video`: one column per patch-time step, left to right."""
     attn = np.asarray(attn, dtype=np.float64)
     frames = np.asarray(frames)
     if attn.ndim != 3:
         raise ValueError(f"attn must be (T', H', W'); got shape {attn.shape}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be (F, H, W, 3); got shape {frames.shape}")
-    steps = attn.shape[0]
-    num_frames, height, width = frames.shape[:3]
+    if times is not None and len(times) != frames.shape[0]:
+        raise ValueError(f"{len(times)} times for {frames.shape[0]} frames")
+    steps, num_frames = attn.shape[0], frames.shape[0]
     norm = Normalize(vmin=float(attn.min()), vmax=float(attn.max()))
+    scaled = norm(attn).filled(0.0)  # a flat map (vmin == vmax) is all 0: nothing painted over the frames
 
-    fig = Figure(figsize=(2.2 * steps + 1.0, 2.8), layout="constrained")
-    axes = fig.subplots(1, steps, squeeze=False)[0]
-    heat = None
-    for t, ax in enumerate(axes):
+    fig = Figure(figsize=(1.9 * steps + 1.2, 4.4), layout="constrained")
+    # The frames alone above, the same frames with attention below: a colour in the clip (a yellow
+    # border, say) is not mistaken for attention.
+    axes = fig.subplots(2, steps, squeeze=False)
+    for t in range(steps):
         index = min(num_frames - 1, int((t + 0.5) * num_frames / steps))
-        ax.imshow(frames[index])
-        # Stretching the coarse patch grid over the frame's pixel extent lets
-        # matplotlib's resampler do the upsampling.
-        heat = ax.imshow(attn[t], cmap="inferno", norm=norm, alpha=0.5, interpolation="bilinear",
-                         extent=(-0.5, width - 0.5, height - 0.5, -0.5))
-        ax.set_title(f"frame {index}", fontsize=8)
-        ax.set_axis_off()
-    fig.colorbar(heat, ax=axes, shrink=0.8, label="attention")
+        # Nearest-neighbour display: small frames (32 px in configs/tiny.yaml) stay sharp, patches square.
+        axes[0, t].imshow(frames[index], interpolation="nearest")
+        axes[1, t].imshow(attention_overlay(frames[index], scaled[t]), interpolation="nearest")
+        axes[0, t].set_title(f"frame {index}" + (f", {times[index]:.2f} s" if times is not None else ""), fontsize=8)
+        for ax in axes[:, t]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("clip", fontsize=8)
+    axes[1, 0].set_ylabel("attention", fontsize=8)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=ATTENTION_CMAP), ax=axes[1], shrink=0.9, label="attention")
     if title is not None:
-        fig.suptitle(title)
-    return _save(fig, out_png)
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_attention_video(
+    attn: np.ndarray,
+    frames: np.ndarray,
+    out_png: str | os.PathLike[str],
+    *,
+    times: Sequence[float] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Video frames, one per patch-time step, above the same frames with their attention painted over them.
+
+    ``attn`` is ``(T', H', W')`` attention over the video patch grid and
+    ``frames`` the ``(F, H, W, 3)`` uint8 window the model saw, ``times`` the
+    frames' times in the clip (seconds) for the panel titles. Patch-time step
+    ``t`` covers frames ``[t F / T', (t + 1) F / T')``; its middle frame is
+    shown. All panels share one colour scale, from ``attn``'s minimum (the
+    frame alone) to its maximum, so attention is comparable across time.
+    """
+    return _save(video_attention_figure(attn, frames, times=times, title=title), out_png)
 
 
 def plot_attention_audio(

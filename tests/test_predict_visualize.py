@@ -23,13 +23,17 @@ from perceiver.clips import (
     split_tokens,
 )
 from perceiver.config import Config, load_config
+from perceiver.loader import window_starts
+from perceiver.plots import video_attention_figure
 from perceiver.saved import save_model
 from pipeline import modality, shards, storage
 from pipeline.dataset import open_dataset
+from pipeline.decode import decode_at_recipe
 from pipeline.encode import EncodeOptions, encode_clip
-from pipeline.recipe import recipe_record
+from pipeline.recipe import modalities_of, recipe_record
 from pipeline.records import ClipRow
 from pipeline.synthetic import write_clip
+from pipeline.video import Video
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = dict(seconds=2.0, fps=16.0, width=96, height=96, sample_rate=16000)
@@ -196,3 +200,57 @@ def test_a_file_gives_the_same_windows_as_its_preprocessed_sample_and_visualize_
     assert visualize.main(["--checkpoint", str(setup.checkpoint), "--data", data.uri, "--key", "absent",
                            "--out", str(out)]) == 2
     assert "no sample with key 'absent'" in capsys.readouterr().err
+
+
+def _video(modalities) -> Video:
+    return next(m for m in modalities if isinstance(m, Video))
+
+
+def test_the_video_picture_shows_the_clips_decoded_frames_at_their_times(setup: Setup) -> None:
+    cfg, mods = setup.cfg, setup.model.modalities
+    sample = read_clip(setup.clips["av"], cfg.data, mods)
+    (start,) = window_starts(sample.meta, mods, 1, None)
+    window = clip_batch(sample, mods, 1, 8).content["video"][0].numpy()
+    frames, times = visualize.video_view(_video(mods), window, start)
+
+    decoded = decode_at_recipe(setup.clips["av"], cfg.data, mods).video
+    first, fps = round(start * cfg.data.video.fps), cfg.data.video.fps
+    assert first > 0  # the middle window: frame numbers and times must be the clip's, not the window's
+    np.testing.assert_array_equal(frames, decoded[first:first + cfg.data.video.num_frames])
+    assert times == pytest.approx([(first + i) / fps for i in range(cfg.data.video.num_frames)])
+    # Where the map is zero the picture is the decoded frame itself, pixel for pixel.
+    attn = np.zeros(_video(mods).spec.grid)
+    attn[-1, 0, 0] = 1.0
+    panels = [ax for ax in video_attention_figure(attn, frames, times=times).axes if ax.images]
+    steps = attn.shape[0]
+    for t in range(steps - 1):  # the last step holds the attention
+        index = 2 * t + 1  # the middle frame of the patch's 2 frames
+        for ax in (panels[t], panels[steps + t]):  # the frame alone, and under its (zero) attention
+            np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), decoded[first + index])
+        assert panels[t].get_title() == f"frame {index}, {(first + index) / fps:.2f} s"
+
+
+def test_the_video_picture_is_the_centre_the_model_sees_of_larger_stored_frames(setup: Setup) -> None:
+    cfg = setup.cfg
+    data = replace(cfg.data, video=replace(cfg.data.video, stored_size=64))  # stored for training's random crops
+    mods = modalities_of(data, cfg.inputs.modalities)
+    sample = read_clip(setup.clips["av"], data, mods)
+    (start,) = window_starts(sample.meta, mods, 1, None)
+    window = clip_batch(sample, mods, 1, 8).content["video"]
+    assert window.shape[2:4] == (64, 64)
+    frames, _ = visualize.video_view(_video(mods), window[0].numpy(), start)
+    assert frames.shape[1:3] == (32, 32)
+    seen = _video(mods).prepare(window)[0]  # the model's own evaluation view, in [-1, 1]
+    np.testing.assert_allclose(torch.from_numpy(frames).float() / 127.5 - 1.0, seen, atol=1e-6)
+
+
+def test_visualize_draws_a_run_whose_frames_are_stored_as_jpeg(setup: Setup, tmp_path: Path) -> None:
+    cfg = setup.cfg
+    jpeg = replace(cfg, data=replace(cfg.data, video=replace(cfg.data.video, encoding="jpeg")))
+    save_model(storage.locate(tmp_path / "run"), setup.model, jpeg,
+               classes=[{"index": i, "mid": f"/m/{i}", "name": f"class {i}"} for i in range(8)], recipe={})
+    # The batch holds the window's JPEGs; the picture needs them decoded, as the model gets them.
+    assert visualize.main(["--checkpoint", str(tmp_path / "run" / "model.pt"), "--clip", str(setup.clips["av"]),
+                           "--out", str(tmp_path / "pngs"), "--blocks", "0"]) == 0
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["attention_block0_audio.png",
+                                                                     "attention_block0_video.png"]
