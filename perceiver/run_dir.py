@@ -152,6 +152,6 @@ def check_same_run(out: storage.Location, cfg: Config, info: DatasetInfo) -> Non
                 was = recorded.get(key)
                 if was != value:
                     raise RunMismatchError(
-                        f"{out.uri} holds a run with {section}.{key}={was!r}, this run "
+                        f"{out.shown} holds a run with {section}.{key}={was!r}, this run "
                         f"has {value!r}: resume with the run's config and --train, or choose a new --out")
     storage.write_bytes(out.fs, path, json.dumps(current, indent=2).encode())

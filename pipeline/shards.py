@@ -256,12 +256,12 @@ def _members(path: str, stats: ReadStats, max_member_bytes: int) -> Iterator[dic
                 if ext is None or not pattern.match(ext) or info.size > max_member_bytes:
                     why = "too large" if ext and pattern.match(ext) else "not a .npy/.json/.mjpeg member"
                     stats.refused_members.append(f"{path}:{info.name} ({why})")
-                    log.warning("refused member %s in %s: %s", info.name, path, why)
+                    log.warning("refused member %s in %s: %s", info.name, storage.shown(path), why)
                     continue
                 yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": path}
     except (tarfile.TarError, OSError, EOFError) as err:
         stats.bad_shards.append(path)
-        log.warning("skipping the rest of corrupt shard %s: %s", path, err)
+        log.warning("skipping the rest of corrupt shard %s: %s", storage.shown(path), err)
     yield {}  # webdataset's end-of-shard marker: samples never span shards
 
 
@@ -288,7 +288,7 @@ def _decode(raw: dict, stats: ReadStats, decode_frames: bool) -> Sample | None:
             why = "no .json member" if err.args[0] == "json" else f"its JSON lacks the field {err.args[0]!r}"
         else:
             why = str(err).splitlines()[0] if str(err) else type(err).__name__
-        log.warning("skipping sample %s: %s", name, why)
+        log.warning("skipping sample %s:%s: %s", storage.shown(raw["__url__"]), raw["__key__"], why)
         return None
 
 
