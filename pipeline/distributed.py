@@ -30,7 +30,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -89,12 +89,17 @@ class Summary:
                 f"({reasons}) in {self.seconds:.0f} s")
 
 
-@ray.remote(num_returns=2, max_retries=3, max_calls=100)
-def _encode_task(row: ClipRow, options: EncodeOptions, tags: dict) -> tuple[dict, list]:
+@ray.remote(num_returns="streaming", max_retries=3, max_calls=100)
+def _encode_task(row: ClipRow, options: EncodeOptions, tags: dict) -> Iterator:
+    """Yields ``None`` once running (the decode timeout starts there, not at submission, so a queued
+    task or a worker still importing torch on a busy node is never mistaken for a hung decode),
+    then the clip's status and its members."""
+    yield None
     faults.clip_task_started(row.key)
     res = encode_clip(row, options, tags)
     node = ray.get_runtime_context().get_node_id()
-    return {"key": res.key, "index_row": res.index_row, "failure": res.failure, "node": node}, res.members
+    yield {"key": res.key, "index_row": res.index_row, "failure": res.failure, "node": node}
+    yield res.members
 
 
 @ray.remote(num_cpus=0, max_retries=3)
@@ -206,8 +211,7 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
         # Writers hold whole shards: when storage falls behind, stop decoding until it catches up.
         while todo and len(running) < in_flight_cap and len(writers) < in_flight_cap:
             name, row = todo.popleft()
-            status_ref, members_ref = encode.remote(row, job.options, tags)
-            running[status_ref] = (name, row, members_ref, time.monotonic())
+            running[encode.remote(row, job.options, tags)] = (name, row, None)
         ready, _ = ray.wait([*running, *writers], num_returns=1, timeout=1.0, fetch_local=True)
         for ref in ready:
             if ref in writers:
@@ -227,17 +231,24 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
                 written += 1
                 faults.driver_shard_written(written)
                 continue
-            name, row, members_ref, _ = running.pop(ref)
+            name, row, started = running[ref]
             try:
-                status = ray.get(ref)
+                if started is None:
+                    ray.get(next(ref))  # it runs: the decode clock starts now
+                    running[ref] = (name, row, time.monotonic())
+                    continue
+                del running[ref]
+                status, members_ref = ray.get(next(ref)), next(ref)
             except ray.exceptions.RayError as err:  # task error, crashed worker, lost object, dead node
+                running.pop(ref, None)
+                members_ref = None
                 message = str(err).strip().splitlines()[-1][:300]
                 status = {"key": row.key, "index_row": None,
                           "failure": failure_row(row, "worker", "worker_error", f"{row.path}: {message}")}
             finish_clip(name, row.key, status, members_ref)
         now = time.monotonic()
-        for ref, (name, row, _, started) in list(running.items()):
-            if now - started > data.decode_timeout_s:
+        for ref, (name, row, started) in list(running.items()):
+            if started is not None and now - started > data.decode_timeout_s:
                 ray.cancel(ref, force=True)
                 running.pop(ref)
                 finish_clip(name, row.key, {"key": row.key, "index_row": None, "failure": failure_row(

@@ -37,8 +37,8 @@ class DataConfig:
     # "shard": the trainer reads the features the shards carry, checks them against the model's own
     # fourier_features and feeds them to the model; "device": the model computes them (identical values).
     fourier_source: str = "shard"
-    decode_timeout_s: float = 120.0  # a clip whose decode takes longer is recorded as a failure
-    max_in_flight: int = 0  # clip tasks in flight; 0 = the cluster's CPUs (the decode timeout runs from submission)
+    decode_timeout_s: float = 120.0  # a clip task running longer (from its start, not its queueing) is a failure
+    max_in_flight: int = 0  # clip tasks in flight; 0 = the cluster's CPUs
 
 
 def modalities_of(data: DataConfig, names: Sequence[str]) -> list[Modality]:
