@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.config import Config
-from perceiver.inputs import MultimodalInput
+from perceiver.inputs import Mix, MultimodalInput
 from perceiver.loader import Batch
 from perceiver.model import Perceiver
 from pipeline.recipe import modalities_of
@@ -40,8 +40,8 @@ class AVClassifier(nn.Module):
                 for m in self.modalities}
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None, return_attention: bool = False,
-                present: Mapping[str, Tensor] | None = None, augment=None):
-        """logits (B, num_classes); ``present`` overrides the batch's own presence flags."""
+                present: Mapping[str, Tensor] | None = None, augment=None, mix: Mix | None = None):
+        """logits (B, num_classes); ``present`` overrides the batch's own presence flags; ``mix``: mixup (training)."""
         tokens = self.tokens(batch, generator, augment if self.training else None)
-        x, mask = self.inputs(tokens, {**batch.present, **(present or {})}, generator, batch.masks)
+        x, mask = self.inputs(tokens, {**batch.present, **(present or {})}, generator, batch.masks, mix)
         return self.perceiver(x, mask if batch.masks else None, return_attention=return_attention)

@@ -70,6 +70,24 @@ class AugmentConfig:
 
 
 @dataclass
+class MixupConfig:
+    """Mixup in training (off by default: the paper does not use it).
+
+    With probability ``prob`` an example is mixed with another of its batch: its content, per modality
+    after video dropout, and its multi-hot targets become ``lam * own + (1 - lam) * other``, one
+    ``lam ~ Beta(alpha, alpha)`` per mixed example (``perceiver.inputs.Mix``).
+    """
+
+    prob: float = 0.0
+    alpha: float = 1.0
+
+
+# train.sampler: "uniform" reads every clip once per pass; "balanced" draws clips by class weight
+# (perceiver.loader.ClassBalance).
+SAMPLERS = ("uniform", "balanced")
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 8  # per worker
     steps: int = 1000  # total optimizer steps
@@ -87,10 +105,12 @@ class TrainConfig:
     log_every_s: float = 10.0
     loader_workers: int = 0  # DataLoader processes per Ray Train worker
     shuffle_buffer: int = 64
+    sampler: str = "uniform"  # one of SAMPLERS
     max_failures: int = 2  # Ray Train FailureConfig
     num_workers: int = 2
     use_gpu: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
     compile: bool = False  # torch.compile the model (CUDA runs; its first steps compile)
 
 
@@ -142,6 +162,9 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.inputs.video_dropout <= 1.0, "inputs.video_dropout must lie in [0, 1]"),
         (0.0 <= cfg.train.augment.crop_min_scale <= 1.0, "train.augment.crop_min_scale must lie in [0, 1]"),
         (0.0 <= cfg.train.augment.colour < 1.0, "train.augment.colour must lie in [0, 1)"),
+        (cfg.train.sampler in SAMPLERS, f"train.sampler must be one of {', '.join(SAMPLERS)}"),
+        (0.0 <= cfg.train.mixup.prob <= 1.0, "train.mixup.prob must lie in [0, 1]"),
+        (cfg.train.mixup.alpha > 0.0, "train.mixup.alpha must be > 0"),
         (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
         (0 <= cfg.train.warmup_steps < cfg.train.steps, "train.warmup_steps must lie in [0, train.steps)"),
         (cfg.model.latent_dim % cfg.model.self_heads == 0, "model.latent_dim must divide by model.self_heads"),

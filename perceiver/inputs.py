@@ -7,16 +7,63 @@ length pads that modality to the common width ``max_m(C_m + F_m) + min_modality_
 The modalities are then concatenated along the token axis in the order of ``specs``.
 With the paper's audio + video sizes that is 480 + 12,544 = 13,024 tokens of
 384 + 3 x 33 + 4 = 487 channels.
+
+In training, after video dropout, ``Mix`` (mixup, ``train.mixup``) may blend examples of the batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pipeline.modality import ModalitySpec
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Mixup of one batch: example ``i`` becomes ``lam[i] * own + (1 - lam[i]) * partner[i]'s``, its content
+    (each modality, after video dropout) and its multi-hot targets with the same coefficient.
+
+    An example left unmixed is its own partner with ``lam`` 1, so it stays exactly as it was.
+    """
+
+    partner: Tensor  # long (B,)
+    lam: Tensor  # float32 (B,)
+
+    @classmethod
+    def draw(cls, generator: torch.Generator, batch: int, *, prob: float, alpha: float) -> Mix:
+        """Each example mixed with probability ``prob``, with a partner from a random permutation of the batch
+        and ``lam ~ Beta(alpha, alpha)``; every draw comes from ``generator`` (torch samples Beta without one)."""
+        seed = int(torch.randint(1 << 62, (1,), generator=generator, device=generator.device).item())
+        rng = np.random.default_rng(seed)
+        mixed = rng.random(batch) < prob
+        partner = np.where(mixed, rng.permutation(batch), np.arange(batch))
+        lam = np.where(mixed, rng.beta(alpha, alpha, batch), 1.0)
+        return cls(torch.as_tensor(partner, device=generator.device),
+                   torch.as_tensor(lam, dtype=torch.float32, device=generator.device))
+
+    def targets(self, labels: Tensor) -> Tensor:
+        """(B, classes) mixed targets of (B, classes) multi-hot ``labels``."""
+        lam = self.lam.to(labels.dtype)[:, None]
+        return lam * labels + (1 - lam) * labels[self.partner]
+
+    def modality(self, content: Tensor, present: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """One modality mixed: (B, M, C) content (zero where absent or dropped), given (B,) ``present`` and
+        (B, M) ``mask`` -> (content, mask).
+
+        The mixed modality is present where either source's is (its content is then that source's,
+        scaled); its mask is the union of the present sources' real tokens. Where neither source has
+        the modality, the example keeps its own mask, as without mixup.
+        """
+        lam = self.lam.to(content.dtype)[:, None, None]
+        mixed = lam * content + (1 - lam) * content[self.partner]
+        real = mask & present[:, None]
+        either = present | present[self.partner]
+        return mixed, torch.where(either[:, None], real | real[self.partner], mask)
 
 
 class MultimodalInput(nn.Module):
@@ -78,6 +125,7 @@ class MultimodalInput(nn.Module):
         present: Mapping[str, Tensor] | None = None,
         generator: torch.Generator | None = None,
         masks: Mapping[str, Tensor] | None = None,
+        mix: Mix | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Assemble the input array.
 
@@ -88,6 +136,7 @@ class MultimodalInput(nn.Module):
             generator: random source for modality dropout, on the content's device.
             masks: per modality name, (B, M_m) bool, False for padding tokens (past a stream's real
                 content). Missing = all real.
+            mix: mixup of the batch (training only, like dropout), applied after dropout.
 
         Returns:
             inputs (B, M, out_channels) and mask (B, M) bool, the modalities' masks concatenated.
@@ -109,6 +158,10 @@ class MultimodalInput(nn.Module):
                 keep = keep & (torch.rand(b, generator=generator, device=x.device) >= self.dropout[spec.name])
             # where, not multiply: content of a missing modality may be garbage, even NaN.
             x = torch.where(keep[:, None, None], x.to(vector.dtype), 0.0)
+            mask = (masks[spec.name].to(x.device, torch.bool) if spec.name in (masks or {})
+                    else torch.ones(b, spec.num_tokens, dtype=torch.bool, device=x.device))
+            if mix is not None and self.training:
+                x, mask = mix.modality(x, keep, mask)
             position = getattr(self, f"position_{spec.name}").to(vector.dtype)
             parts.append(
                 torch.cat(
@@ -116,8 +169,7 @@ class MultimodalInput(nn.Module):
                     dim=-1,
                 )
             )
-            real.append(masks[spec.name].to(x.device, torch.bool) if spec.name in (masks or {})
-                        else torch.ones(b, spec.num_tokens, dtype=torch.bool, device=x.device))
+            real.append(mask)
         return torch.cat(parts, dim=1), torch.cat(real, dim=1)
 
 

@@ -1,7 +1,9 @@
 """The run directory (``--out``, a path or URI) and its bookkeeping:
 
-    run_config.json      the config of the run; a resume with another model/data/inputs is refused
-    metrics.jsonl        one JSON record per optimizer step (and per evaluation), each step once
+    run_config.json      the config and training set of the run; a resume with another model, data,
+                         inputs, sampler or training set is refused
+    metrics.jsonl        one JSON record per optimizer step (and per evaluation), each step once; a step's
+                         record counts what the readers skipped for it (pipeline.shards.SKIPPED)
     events.jsonl         one record per start of the worker group: "started", or "resumed" at a step
     tensorboard/         the same scalars for TensorBoard (local outputs)
     ray/train/           Ray Train's run state and checkpoints (perceiver.training, perceiver.trainer)
@@ -14,15 +16,17 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import time
 
 from perceiver import plots
 from perceiver.classifier import AVClassifier
 from perceiver.config import Config, to_dict
 from perceiver.evaluation import modality_sets
+from perceiver.loader import class_balance
 from perceiver.progress import say
 from perceiver.saved import save_model
-from pipeline import storage
+from pipeline import shards, storage
 from pipeline.dataset import DatasetInfo
 
 
@@ -100,9 +104,16 @@ def eval_record(result: dict, step: int, names: list[str]) -> dict:
     return record
 
 
+def skipped_line(records: list[dict]) -> str:
+    """The run's total of each kind of skip, over the step records (so resumes count each step once)."""
+    totals = {kind: sum(r.get(kind, 0) for r in records) for kind in shards.SKIPPED}
+    return "skipped while reading: " + " ".join(f"{kind}={n}" for kind, n in totals.items())
+
+
 def finish(model: AVClassifier, info: DatasetInfo, result: dict | None, *, cfg: Config, out: storage.Location,
            log: MetricsLog) -> None:
-    """Rank 0 after the last step: final weights, the final evaluation's record, plots."""
+    """Rank 0 after the last step: final weights, the final evaluation's record, plots, and last the
+    line that says what the readers skipped."""
     save_model(out, model, cfg, classes=list(info.classes), recipe=info.recipe, train_root=info.root)
     names = list(cfg.inputs.modalities)
     sets = list(modality_sets(names))
@@ -119,6 +130,7 @@ def finish(model: AVClassifier, info: DatasetInfo, result: dict | None, *, cfg: 
         if result is not None:
             plots.plot_per_class_ap(result[sets[0]]["per_class_ap"], info.class_names,
                                     f"{plot_dir}/per_class_ap.png", title=f"per-class AP ({sets[0]})")
+    say(skipped_line(log.records))
 
 
 def _with_defaults(held: dict, defaults: dict) -> dict:
@@ -132,26 +144,32 @@ class RunMismatchError(ValueError):
     """``--out`` holds a run made with another model, recipe or input layout."""
 
 
-# Sections a resumed run must share with its checkpoints. train.* may change, but the optimizer and
-# schedule state come from the checkpoint, so a new train.lr or warm-up does not apply to a resume.
-_RUN_DEFINING = ("model", "data", "inputs")
+# What a resumed run must share with its checkpoints, by section (None: every field). train.* may
+# otherwise change, but the optimizer and schedule state come from the checkpoint, so a new train.lr
+# or warm-up does not apply to a resume; the sampler sets which clips the resumed stream draws.
+_RUN_DEFINING = {"model": None, "data": None, "inputs": None, "train": ("sampler",), "dataset": None}
+_SHOWN = reprlib.Repr()  # a refusal stays one readable line, even for class counts
+_SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring = 8, 50, 300
 
 
 def check_same_run(out: storage.Location, cfg: Config, info: DatasetInfo) -> None:
     """Record the run's config and training set on first start; refuse to resume it with another
-    model, recipe or training set (its shards and sample count fix the data order)."""
+    model, recipe, sampler or training set (its shards and sample count fix the data order; with
+    the balanced sampler its class counts, from ``index.parquet``, fix the weights)."""
     path = out.join("run_config.json")
     current = {**to_dict(cfg), "dataset": {"root": info.root, "shards": len(info.shards),
                                            "samples": info.num_samples}}
+    if cfg.train.sampler == "balanced":
+        current["dataset"]["class_counts"] = list(class_balance(info).class_counts)
     if storage.exists(out.fs, path):
         held = json.loads(storage.read_bytes(out.fs, path))
         defaults = to_dict(Config())  # a field newer than the run counts as its default, at any depth
-        for section in (*_RUN_DEFINING, "dataset"):
+        for section, keys in _RUN_DEFINING.items():
             recorded = _with_defaults(held.get(section, {}), defaults.get(section, {}))
             for key, value in current[section].items():
                 was = recorded.get(key)
-                if was != value:
+                if (keys is None or key in keys) and was != value:
                     raise RunMismatchError(
-                        f"{out.shown} holds a run with {section}.{key}={was!r}, this run "
-                        f"has {value!r}: resume with the run's config and --train, or choose a new --out")
+                        f"{out.shown} holds a run with {section}.{key}={_SHOWN.repr(was)}, this run "
+                        f"has {_SHOWN.repr(value)}: resume with the run's config and --train, or choose a new --out")
     storage.write_bytes(out.fs, path, json.dumps(current, indent=2).encode())

@@ -2,6 +2,9 @@
 
 Checkpoints (``ray/train/`` of the run directory) hold model, optimizer, scheduler, step, torch RNG
 state and the data position, and are loaded with weights_only=True.
+
+Each step's record also counts what the readers skipped (``pipeline.shards.SKIPPED``), summed over
+the step's batches and over the ranks.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from perceiver import evaluation
 from perceiver.attention import attention_kernels
 from perceiver.classifier import AVClassifier
 from perceiver.config import Config, config_from_dict
-from perceiver.loader import TrainStream, train_batches
+from perceiver.inputs import Mix
+from perceiver.loader import TrainStream, class_balance, train_batches
 from perceiver.optim import build_optimizer, build_schedule
 from perceiver.progress import Progress, say
 from perceiver.run_dir import MetricsLog, eval_record, finish, record_event
-from pipeline import faults, storage
+from pipeline import faults, shards, storage
 from pipeline.dataset import DatasetInfo, open_dataset
 
 STATE_FILE = "state.pt"
@@ -83,6 +87,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     log = MetricsLog(out, step) if rank == 0 else None
     progress = Progress(t.steps, t.log_every_s, step, t.batch_size * batches_per_step * world)
     loss_fn = torch.nn.BCEWithLogitsLoss()
+    balance = class_balance(info) if t.sampler == "balanced" else None  # index.parquet, read once per start
     model.train()
     batches, epoch_of_batches = None, -1
     tick = time.monotonic()
@@ -93,17 +98,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
             stream = TrainStream(info, model.modalities, batch_size=t.batch_size, seed=t.seed, epoch=epoch, rank=rank,
                                  world=world, steps=steps_per_epoch * batches_per_step,
                                  skip=in_epoch * batches_per_step, shuffle_buffer=t.shuffle_buffer,
-                                 loader_workers=t.loader_workers)
+                                 loader_workers=t.loader_workers, balance=balance)
             batches, epoch_of_batches = train_batches(stream), epoch
         generator = _seeded_generator(device, t.seed, step, rank)
-        total_loss = 0.0
+        total_loss, skipped = 0.0, torch.zeros(len(shards.SKIPPED), dtype=torch.int64)
         for micro in range(batches_per_step):
-            batch = next(batches).to(device)
+            batch = next(batches)
+            skipped += torch.tensor([batch.read.skipped()[kind] for kind in shards.SKIPPED])
+            batch = batch.to(device)
+            # Off, mixup draws nothing: the step's generator then gives augmentation and dropout what it did before.
+            mix = Mix.draw(generator, len(batch), prob=t.mixup.prob, alpha=t.mixup.alpha) if t.mixup.prob else None
             sync = micro == batches_per_step - 1
             with ddp_model.no_sync() if (not sync and world > 1) else contextlib.nullcontext():
                 with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                    logits = ddp_model(batch, generator, augment=t.augment)
-                loss = loss_fn(logits.float(), batch.labels) / batches_per_step
+                    logits = ddp_model(batch, generator, augment=t.augment, mix=mix)
+                targets = batch.labels if mix is None else mix.targets(batch.labels)
+                loss = loss_fn(logits.float(), targets) / batches_per_step
                 loss.backward()
             total_loss += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -115,8 +125,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         now = time.monotonic()
         samples_per_s = t.batch_size * batches_per_step * world / max(now - tick, 1e-9)
         tick = now
+        skips = dict(zip(shards.SKIPPED, _sum_over_ranks(skipped, device, world), strict=True))
         metrics = {"step": step, "epoch": epoch, "loss": total_loss, "lr": lr, "grad_norm": float(grad_norm),
-                   "samples_per_s": samples_per_s}
+                   "samples_per_s": samples_per_s, **skips}
         if log:
             log.add(metrics)
             progress.maybe_print(step, total_loss, lr)
@@ -138,6 +149,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0:
         finish(model, info, result, cfg=cfg, out=out, log=log)
     _barrier(world)
+
+
+def _sum_over_ranks(counts: torch.Tensor, device: torch.device, world: int) -> list[int]:
+    """Every rank's int64 counts added up (each rank calls this at the same step)."""
+    if world > 1:
+        counts = counts.to(device)  # NCCL reduces device tensors only
+        torch.distributed.all_reduce(counts)
+    return counts.tolist()
 
 
 def _barrier(world: int) -> None:

@@ -142,15 +142,30 @@ def write_shard(
 # ---------------------------------------------------------------- reading
 
 
+# What a reader skips, by kind: the ReadStats lists that ``ReadStats.skipped`` counts.
+SKIPPED = ("bad_shards", "refused_members", "incomplete_samples")
+
+
 @dataclass
 class ReadStats:
-    """What a reader skipped; training logs and reports these counts."""
+    """What a reader read and skipped; training records the skips (``skipped``) per step."""
 
     shards: int = 0
     samples: int = 0
     bad_shards: list[str] = field(default_factory=list)
     refused_members: list[str] = field(default_factory=list)
     incomplete_samples: list[str] = field(default_factory=list)
+
+    def skipped(self) -> dict[str, int]:
+        """How many of each kind in ``SKIPPED`` the reader skipped."""
+        return {kind: len(getattr(self, kind)) for kind in SKIPPED}
+
+    def take(self) -> ReadStats:
+        """Everything counted so far, handed over; this one counts on from zero (a reader keeps it)."""
+        taken = ReadStats(self.shards, self.samples, self.bad_shards, self.refused_members, self.incomplete_samples)
+        self.shards = self.samples = 0
+        self.bad_shards, self.refused_members, self.incomplete_samples = [], [], []
+        return taken
 
 
 def load_npy(data: bytes, name: str = "member") -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from perceiver.config import load_config
 from perceiver.loader import TrainStream, eval_batches, rank_shards, train_batches
 from pipeline.dataset import DatasetMismatchError, check_compatible, open_dataset
 from pipeline.recipe import modalities_of
+from tests.test_sampler import TINY, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +143,19 @@ def test_chunked_evaluation_scores_as_one_piece(micro_data, cfg):
     np.testing.assert_array_equal(targets, same_targets)
     for name in whole:
         np.testing.assert_allclose(chunked[name], whole[name], atol=1e-5)
+
+
+def test_what_a_reader_skipped_travels_with_its_next_batch_and_replays_on_resume(tmp_path):
+    tiny = load_config("configs/micro.yaml", TINY)
+    data = write_dataset(tmp_path, tiny, [[[0]] * 4, [[1]] * 4], num_classes=2)
+    corrupt = Path(data.shards[1])
+    corrupt.write_bytes(corrupt.read_bytes()[:corrupt.stat().st_size // 2])
+
+    def skipped(skip: int) -> list[dict[str, int]]:
+        return [b.read.skipped() for b in _stream(data, tiny, 0, world=1, steps=8, skip=skip)]
+
+    full = skipped(0)
+    assert sum(s["bad_shards"] for s in full) >= 3  # the corrupt shard, once per pass
+    # A resumed stream's batches carry what they carried uninterrupted; the skipped batches' skips
+    # belong to steps the run recorded before its checkpoint.
+    assert skipped(5) == full[5:]

@@ -1,18 +1,27 @@
-"""jobs/train.py on the shared Ray head (micro config): exact resume, worker failure, locks, errors."""
+"""jobs/train.py on the shared Ray head (micro config): exact resume, worker failure, locks, errors; and
+in-process (Ray Train's local mode), what the readers skipped in the run's records."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+from perceiver.config import load_config
+from perceiver.run_dir import skipped_line
+from perceiver.trainer import fit
+from pipeline import storage
+from tests.test_sampler import TINY, write_dataset
+
+slow = pytest.mark.slow  # the tests that run jobs on the shared Ray head
 
 
 def _args(data, out: Path, *extra: str) -> list[str]:
@@ -57,6 +66,7 @@ def uninterrupted(ray_cluster, micro_data, tmp_path_factory) -> Path:
     return out
 
 
+@slow
 def test_two_workers_finish_every_epoch_with_an_odd_shard_count(uninterrupted, micro_data):
     assert len(json.loads((micro_data.train / "dataset.json").read_text())["shards"]) == 3
     records = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
@@ -64,6 +74,7 @@ def test_two_workers_finish_every_epoch_with_an_odd_shard_count(uninterrupted, m
     assert sorted({r["epoch"] for r in records if "loss" in r}) == [0, 1, 2, 3]
 
 
+@slow
 def test_a_killed_driver_resumes_to_the_same_weights(ray_cluster, micro_data, uninterrupted, tmp_path):
     out = tmp_path / "run"
     env = dict(ray_cluster.env, PERCEIVER_AV_FAULT="train_step_delay_s=0.5")  # 2 s between checkpoints
@@ -82,6 +93,7 @@ def test_a_killed_driver_resumes_to_the_same_weights(ray_cluster, micro_data, un
     assert _steps(out) == list(range(1, 13))  # each step once
 
 
+@slow
 def test_a_killed_train_worker_restarts_from_the_checkpoint(ray_cluster, micro_data, uninterrupted, tmp_path):
     marker = tmp_path / "killed"
     out = tmp_path / "run"
@@ -96,6 +108,7 @@ def test_a_killed_train_worker_restarts_from_the_checkpoint(ray_cluster, micro_d
     assert _steps(out) == list(range(1, 13))
 
 
+@slow
 def test_a_second_submission_on_a_live_run_is_refused(ray_cluster, micro_data, tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(_args(micro_data, out, "--set", "train.steps=400"), env=ray_cluster.env,
@@ -113,6 +126,7 @@ def test_a_second_submission_on_a_live_run_is_refused(ray_cluster, micro_data, t
         first.wait()
 
 
+@slow
 def test_a_config_that_does_not_match_the_shards_is_refused(micro_data, tmp_path):
     result = subprocess.run(_args(micro_data, tmp_path / "run", "--set", "data.video.size=64"),
                             capture_output=True, text=True, timeout=120)
@@ -121,7 +135,41 @@ def test_a_config_that_does_not_match_the_shards_is_refused(micro_data, tmp_path
     assert "dataset.json has video.size=32" in line and "64" in line
 
 
+@slow
 def test_resuming_with_another_model_is_refused(ray_cluster, micro_data, uninterrupted):
     result = ray_cluster.run(*_args(micro_data, uninterrupted, "--set", "model.latent_dim=64"), check=False)
     assert result.returncode == 3
     assert "holds a run with model.latent_dim=32" in result.stderr.strip().splitlines()[-1]
+
+
+def _append(shard: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(shard, "a", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_run_records_what_its_readers_skipped(tmp_path, capsys):
+    """Skips counted in DataLoader worker processes reach metrics.jsonl, TensorBoard and the last line
+    (with the balanced sampler and micro's mixup, so the loop's paths for both run too)."""
+    cfg = load_config("configs/micro.yaml", [*TINY, "train.steps=4", "train.warmup_steps=1", "train.loader_workers=2",
+                                             "train.checkpoint_every=100", "train.sampler=balanced"])
+    info = write_dataset(tmp_path / "data", cfg, [[[i % 3]] * 6 for i in range(4)], num_classes=3)
+    shard_with_extras, corrupt = (Path(info.shards[i]) for i in (1, 2))
+    _append(shard_with_extras, {"k001_000.pkl": b"refused unread",  # a member the reader never opens
+                                "orphan.json": json.dumps({"labels": [0], "has_audio": True}).encode()})  # no audio
+    corrupt.write_bytes(corrupt.read_bytes()[:corrupt.stat().st_size // 2])
+    out = storage.locate(tmp_path / "run")
+    fit(cfg, train=str(tmp_path / "data"), eval_=None, out=out, num_workers=0, use_gpu=False)  # 0: in this process
+    steps = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    totals = {kind: sum(r[kind] for r in steps) for kind in ("bad_shards", "refused_members", "incomplete_samples")}
+    assert all(n >= 1 for n in totals.values()), totals
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == skipped_line(steps) == "skipped while reading: " + " ".join(f"{k}={n}" for k, n in totals.items())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    board.Reload()
+    assert [e.value for e in board.Scalars("bad_shards")] == [r["bad_shards"] for r in steps]
