@@ -3,7 +3,8 @@
 A media file goes through the very decode and modality stages preprocessing uses
 (``pipeline.decode.decode_at_recipe``, ``pipeline.modality.clip_sample``), so the model sees the
 same values whether a clip came from a shard or straight from disk; windows are then cut and
-batched by ``perceiver.loader``'s evaluation path (evenly spaced crops).
+batched by ``perceiver.loader``'s evaluation path (evenly spaced crops). ``perceiver.timeline``
+builds a long file's chunks with the same ``file_sample``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from perceiver.classifier import AVClassifier
 from perceiver.evaluation import clip_probabilities
 from perceiver.loader import Batch, assemble, window_starts
 from pipeline import shards
-from pipeline.decode import decode_at_recipe
+from pipeline.decode import DecodedClip, DecodeError, decode_at_recipe
 from pipeline.modality import Modality, ModalitySpec, clip_sample
 from pipeline.recipe import DataConfig
 
@@ -29,16 +30,22 @@ LATENT_CHOICES = ("mean", "peaked")  # how attention_grids reduces the latent ax
 # ---------------------------------------------------------------- clip -> batch
 
 
+def file_sample(path: str | Path, clip: DecodedClip, modalities: Sequence[Modality]) -> shards.Sample:
+    """A decoded stretch of a media file as the sample preprocessing would store for it.
+
+    ``meta`` holds no dataset fields (source, labels): nothing of a file outside a dataset.
+    """
+    return clip_sample(Path(path).name, clip, modalities, {"labels": []})
+
+
 def read_clip(path: str | Path, data: DataConfig, modalities: Sequence[Modality]) -> shards.Sample:
     """Decode a media file into the sample preprocessing would store for it.
 
     Like preprocessing of a trimmed file, the first ``data.segment_seconds`` are decoded; a shorter
     file is zero-padded and its true lengths recorded. Raises ``DecodeError`` for a file that
-    cannot be decoded. ``meta`` holds no dataset fields (source, labels): nothing of a file outside a
-    dataset.
+    cannot be decoded.
     """
-    clip = decode_at_recipe(path, data, modalities)
-    return clip_sample(Path(path).name, clip, modalities, {"labels": []})
+    return file_sample(path, decode_at_recipe(path, data, modalities), modalities)
 
 
 def read_stored_sample(shard_paths: Sequence[str], key: str) -> shards.Sample:
@@ -60,6 +67,14 @@ def clip_batch(sample: shards.Sample, modalities: Sequence[Modality], crops: int
 def absent_modalities(sample: shards.Sample, modalities: Sequence[Modality]) -> list[str]:
     """Names of those of ``modalities`` the sample has no stream for (the model sees them zeroed)."""
     return [m.name for m in modalities if not sample.meta[f"has_{m.name}"]]
+
+
+def check_usable(sample: shards.Sample, modalities: Sequence[Modality]) -> list[str]:
+    """``absent_modalities``, or DecodeError ``no_usable_stream`` when that is all of them: zeros are no prediction."""
+    absent = absent_modalities(sample, modalities)
+    if len(absent) == len(modalities):
+        raise DecodeError(sample.key, "no_usable_stream", f"no {' or '.join(absent)} stream, and the model uses no other")
+    return absent
 
 
 @torch.no_grad()

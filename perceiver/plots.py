@@ -1,4 +1,4 @@
-"""PNG figures for training curves, per-class AP and cross-attention maps.
+"""PNG figures for training curves, per-class AP, cross-attention maps and timelines of a long file.
 
 Figures are built as bare :class:`matplotlib.figure.Figure` objects, which
 render through the Agg backend when saved, instead of through ``pyplot``: that
@@ -276,3 +276,82 @@ def plot_attention_audio(
     if title is not None:
         fig.suptitle(title)
     return _save(fig, out_png)
+
+
+def timeline_figure(
+    starts: np.ndarray,
+    scores: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    window_s: float,
+    hop_s: float,
+    spectrogram: np.ndarray | None,
+    spectrogram_hop_s: float,
+    top: int = 5,
+    title: str | None = None,
+) -> Figure:
+    """The figure of :func:`plot_timeline`."""
+    starts, scores = np.asarray(starts, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(starts), len(class_names)) or not len(starts):
+        raise ValueError(f"need (windows, classes) scores for {len(starts)} starts and {len(class_names)} "
+                         f"classes; got {scores.shape}")
+    if top < 1:
+        raise ValueError(f"top must be >= 1; got {top}")
+    rows = np.argsort(-scores.max(axis=0), kind="stable")[:top]  # the classes that score highest anywhere
+    fig = Figure(figsize=(12, 3.6 + 0.3 * len(rows)), layout="constrained")
+    ax_scores, ax_sound = fig.subplots(2, 1, sharex=True, height_ratios=(1.0 + 0.3 * len(rows), 2.2))
+    # Each window is drawn over the middle hop of its span: the columns tile the time axis.
+    left, right = starts[0] + (window_s - hop_s) / 2, starts[-1] + (window_s + hop_s) / 2
+    image = ax_scores.imshow(scores[:, rows].T, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+                             interpolation="nearest", extent=(left, right, len(rows) - 0.5, -0.5))
+    ax_scores.set_yticks(np.arange(len(rows)), [class_names[i] for i in rows], fontsize=8)
+    # A dot on each window's top class (when it is one of the rows): the tag a reader follows.
+    best = scores.argmax(axis=1)
+    shown = np.isin(best, rows)
+    row_of = {int(c): r for r, c in enumerate(rows)}
+    ax_scores.scatter(starts[shown] + window_s / 2, [row_of[int(c)] for c in best[shown]], s=4, color="white")
+    fig.colorbar(image, ax=ax_scores, label="score", pad=0.01)
+    end = right
+    if spectrogram is None:
+        ax_sound.text(0.5, 0.5, "no sound", ha="center", va="center", transform=ax_sound.transAxes)
+        ax_sound.set_yticks([])
+    else:
+        finite = spectrogram[np.isfinite(spectrogram)]
+        low, high = np.percentile(finite, [5, 99.5]) if finite.size else (0.0, 1.0)
+        end = max(end, spectrogram.shape[0] * spectrogram_hop_s)
+        sound = ax_sound.imshow(spectrogram.T, origin="lower", aspect="auto", cmap="magma", vmin=low, vmax=high,
+                                interpolation="nearest",
+                                extent=(0, spectrogram.shape[0] * spectrogram_hop_s, 0, spectrogram.shape[1]))
+        ax_sound.set_ylabel("mel band")
+        fig.colorbar(sound, ax=ax_sound, label="log power", pad=0.01)
+    ax_sound.set_xlim(min(0.0, left), end)
+    ax_sound.set_xlabel("time in the file (s)")
+    ax_scores.set_title(title if title is not None else f"top {len(rows)} classes, {len(starts)} windows")
+    return fig
+
+
+def plot_timeline(
+    starts: np.ndarray,
+    scores: np.ndarray,
+    class_names: Sequence[str],
+    out_png: str | os.PathLike[str],
+    *,
+    window_s: float,
+    hop_s: float,
+    spectrogram: np.ndarray | None,
+    spectrogram_hop_s: float,
+    top: int = 5,
+    title: str | None = None,
+) -> Path:
+    """Per-window class scores over a long file, above the spectrogram of its sound.
+
+    ``starts`` (W,) are the windows' starts (seconds), ``window_s`` long and ``hop_s`` apart, and
+    ``scores`` (W, C) their sigmoid scores. The ``top`` classes whose highest score is highest are
+    the rows of a heatmap on one colour scale, [0, 1], each window drawn over the middle ``hop_s`` of
+    its span, with a dot on each window's top class. Under it, on the same time axis, the
+    ``spectrogram`` (T, n_mels) (a column every ``spectrogram_hop_s`` seconds from 0, NaN columns
+    left blank), or "no sound" when it is None.
+    """
+    return _save(timeline_figure(starts, scores, class_names, window_s=window_s, hop_s=hop_s,
+                                 spectrogram=spectrogram, spectrogram_hop_s=spectrogram_hop_s, top=top, title=title),
+                 out_png)

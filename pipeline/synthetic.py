@@ -8,6 +8,7 @@ model needs both modalities to score well. Every event lasts the whole clip, so 
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -296,6 +297,27 @@ def write_clip(path: str | Path, *, seconds: float, fps: float, width: int, heig
     frames = _frames(labels, round(seconds * fps), fps, width, height, textured, video_rng) if video else None
     _write_streams(path, frames=frames, fps=fps, width=width, height=height, samples=samples if audio else None,
                    sample_rate=sample_rate, video_codec=video_codec, audio_codec=audio_codec)
+
+
+def write_changing_clip(path: str | Path, *, parts: Sequence[tuple[float, Sequence[int]]], fps: float, width: int,
+                        height: int, sample_rate: int, video: bool = True, audio: bool = True,
+                        seed: int = 0) -> Path:
+    """A long clip whose classes change over time: ``parts`` are (seconds, labels) in order, each part
+    showing/sounding its labels (from a fresh background) for its seconds, as ``write_clip`` paints them.
+
+    For timelines: ``parts=[(90, (4,)), (90, (7,))]`` is a 3-minute clip whose sound turns from a low
+    tone to noise bursts at 90 s. Frames are painted one at a time while encoding, so the length costs
+    no memory but the mono waveform's.
+    """
+    video_rng, audio_rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
+    samples = np.concatenate([_audio(labels, round(seconds * sample_rate), sample_rate, 1, audio_rng)
+                              for seconds, labels in parts], axis=1)
+    frames = itertools.chain.from_iterable(
+        _frames(labels, round(seconds * fps), fps, width, height, False, video_rng) for seconds, labels in parts)
+    _write_streams(path, frames=frames if video else None, fps=fps, width=width, height=height,
+                   samples=samples if audio else None, sample_rate=sample_rate, video_codec="h264",
+                   audio_codec="aac")
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------- remuxed files
