@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import socket
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs import demo
 from jobs.local_ray import BIN, free_port, start_node
 from pipeline.storage import S3_COMPAT_ENV
 from pipeline.synthetic import make_dataset
@@ -78,7 +81,7 @@ def micro_data(ray_cluster, synthetic_dir: Path, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def e2e(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The user's path once per session: synthetic data, then `ray job submit` of preprocessing
-    (train and eval) and of training with configs/tiny.yaml, on the shared real cluster."""
+    (train and eval) and of training with configs/tiny.yaml, on the shared real cluster, as `make demo` does."""
     root = tmp_path_factory.mktemp("e2e")
     data = root / "audioset"
     ray_cluster.run(sys.executable, "jobs/make_synthetic.py", "--out", str(data), "--train", "128", "--eval", "48")
@@ -88,9 +91,14 @@ def e2e(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Run:
             "python", "jobs/preprocess.py", "--config", "configs/tiny.yaml", "--segments", str(data / csv),
             "--labels", str(data / "class_labels_indices.csv"), "--media-dir", str(data / "clips"),
             "--out", str(root / split)).stdout
-    logs["train"] = ray_cluster.job(
-        "python", "jobs/train.py", "--config", "configs/tiny.yaml", "--train", str(root / "train"),
-        "--eval", str(root / "eval"), "--out", str(root / "run")).stdout
+    # Training goes through the demo's submission path (`ray job submit`, its lines shown as they come,
+    # evaluations along the way), so tests/test_demo.py reads this run instead of training its own.
+    # A progress line every step: with the default interval the count would depend on the machine's speed.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        shown = demo.train(ray_cluster, config="configs/tiny.yaml", train_data=root / "train",
+                           eval_data=root / "eval", run=root / "run", overrides=["train.log_every_s=0"])
+    logs["train"], logs["train-printed"] = "\n".join(shown), printed.getvalue()
     return Run(data, root / "train", root / "eval", root / "run", logs)
 
 

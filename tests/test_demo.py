@@ -82,24 +82,20 @@ def test_job_lines_arrive_while_the_job_runs_and_a_failure_raises_after_them(ray
 
 
 @pytest.mark.slow
-def test_the_demos_training_streams_its_progress_and_evaluates_along_the_way(ray_cluster, micro_data, tmp_path: Path,
-                                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    run = tmp_path / "run"
-    # A progress line every step: with the default interval the count would depend on the machine's speed.
-    shown = demo.train(ray_cluster, config="configs/micro.yaml", train_data=micro_data.train,
-                       eval_data=micro_data.eval, run=run, overrides=["train.log_every_s=0"])
-    printed = capsys.readouterr().out.splitlines()
+def test_the_demos_training_streams_its_progress_and_evaluates_along_the_way(e2e, tmp_path: Path) -> None:
+    # The session's e2e run trained configs/tiny.yaml (300 steps) through demo.train, a line every step.
+    shown, printed = e2e.logs["train"].splitlines(), e2e.logs["train-printed"].splitlines()
     assert printed == [f"  {line}" for line in shown]
     assert not [line for line in printed if RAY_NOISE.search(line)]
-    progress = [i for i, line in enumerate(printed) if re.match(r"  step \d+/12 loss \d", line)]
+    progress = [i for i, line in enumerate(printed) if re.match(r"  step \d+/300 loss \d", line)]
     assert len(progress) >= 2 and progress[-1] < len(printed) - 1
-    assert printed[-1] == f"  train: model at {run / 'model.pt'}"
-    assert [int(re.match(r"  step (\d+)/", printed[i]).group(1)) for i in progress] == list(range(1, 13))
+    assert printed[-1] == f"  train: model at {e2e.run / 'model.pt'}"
+    assert [int(re.match(r"  step (\d+)/", printed[i]).group(1)) for i in progress] == list(range(1, 301))
 
-    # micro.yaml trains 12 steps: the demo evaluates every 2, all modalities together, and all sets at the end.
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # The demo evaluates every 300 // 6 = 50 steps, all modalities together, and all sets at the end.
+    records = [json.loads(line) for line in (e2e.run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval_mAP" in r]
-    assert [r["step"] for r in evals] == [2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in evals] == [50, 100, 150, 200, 250, 300]
     assert [line for line in printed if line.startswith("  eval step")] == [
         f"  eval step {r['step']}: audio+video mAP={r['eval_mAP']:.3f}" for r in evals[:-1]]
     assert all("eval_audio_mAP" not in r for r in evals[:-1]) and "eval_audio_mAP" in evals[-1]
@@ -110,7 +106,8 @@ def test_the_demos_training_streams_its_progress_and_evaluates_along_the_way(ray
     np.testing.assert_array_equal(line.get_xdata(), [r["step"] for r in evals])
     np.testing.assert_array_equal(line.get_ydata(), [r["eval_mAP"] for r in evals])
     drawn = plot_curves(records, tmp_path / "map.png", ys=ys, title="eval mAP")
-    np.testing.assert_array_equal(matplotlib.image.imread(run / "plots" / "map.png"), matplotlib.image.imread(drawn))
+    np.testing.assert_array_equal(matplotlib.image.imread(e2e.run / "plots" / "map.png"),
+                                  matplotlib.image.imread(drawn))
     fewer = plot_curves(records[:-1], tmp_path / "fewer.png", ys=ys, title="eval mAP")
     assert not np.array_equal(matplotlib.image.imread(fewer), matplotlib.image.imread(drawn))
 

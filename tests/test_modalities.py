@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,12 @@ RECIPES = {"envelope": [], "audio": ["--set", "inputs.modalities=[audio]"],
 def runs(ray_cluster, synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each recipe preprocessed and trained (4 steps, 1 worker; evaluated on its training set). The custom kind
     goes through `ray job submit`, whose uploaded working directory is where its workers import it from; the
-    others attach their drivers to the cluster directly, which is cheaper."""
+    others attach their drivers to the cluster directly, which is cheaper. The three recipes run at once:
+    most of a short run is Ray Train starting its workers, which waits rather than computes."""
     root = tmp_path_factory.mktemp("modalities")
-    for name, overrides in RECIPES.items():
-        data, run = root / name / "data", root / name / "run"
+
+    def preprocess_and_train(name: str) -> None:
+        overrides, data, run = RECIPES[name], root / name / "data", root / name / "run"
         submit = ray_cluster.job if name == "envelope" else lambda *args: ray_cluster.run(sys.executable, *args[1:])
         submit("python", "jobs/preprocess.py", "--config", CONFIG, *overrides,
                "--segments", str(synthetic_dir / "balanced_train_segments.csv"),
@@ -40,6 +43,9 @@ def runs(ray_cluster, synthetic_dir: Path, tmp_path_factory: pytest.TempPathFact
                "--media-dir", str(synthetic_dir / "clips"), "--out", str(data))
         submit("python", "jobs/train.py", "--config", CONFIG, *overrides, "--train", str(data),
                "--eval", str(data), "--out", str(run))
+
+    with ThreadPoolExecutor(len(RECIPES)) as pool:
+        list(pool.map(preprocess_and_train, RECIPES))  # list(): a failed run raises here
     return {name: root / name for name in RECIPES}
 
 
