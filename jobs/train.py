@@ -21,7 +21,7 @@ import ray  # noqa: E402
 import ray.train  # noqa: E402
 
 from perceiver.config import ConfigError, load_config  # noqa: E402
-from perceiver.run_dir import RunMismatchError, check_same_run  # noqa: E402
+from perceiver.run_dir import RunMismatchError, check_same_run, read_metrics, skipped_line  # noqa: E402
 from perceiver.trainer import fit  # noqa: E402
 from pipeline import faults, storage  # noqa: E402
 from pipeline.dataset import DatasetMismatchError, check_compatible, decoder_note, open_dataset  # noqa: E402
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if metrics is not None:
         print("train: eval " + " ".join(f"{k} mAP={v['mAP']:.3f}" for k, v in metrics.items()
                                         if isinstance(v, dict) and "mAP" in v))
-    print(f"train: model at {out.child('model.pt').shown}", flush=True)
+    # The last line also says what the readers skipped over the whole run (resumes included).
+    print(f"train: model at {out.child('model.pt').shown}; {skipped_line(read_metrics(out))}", flush=True)
     return 0
 
 

@@ -43,10 +43,7 @@ class MetricsLog:
 
     def __init__(self, out: storage.Location, resume_step: int):
         self.out, self.path = out, out.join("metrics.jsonl")
-        self.records: list[dict] = []
-        if storage.exists(out.fs, self.path):
-            lines = storage.read_bytes(out.fs, self.path).decode().splitlines()
-            self.records = [r for r in map(_parse, lines) if r is not None and r.get("step", 0) <= resume_step]
+        self.records = [r for r in read_metrics(out) if r.get("step", 0) <= resume_step]
         self._rewrite()
         self._file = open(self.path, "a") if out.is_local else None  # noqa: SIM115 (kept open for appends)
         self.tb = None
@@ -91,6 +88,14 @@ def _parse(line: str) -> dict | None:
         return json.loads(line)
     except ValueError:
         return None  # a line torn by a kill mid-write
+
+
+def read_metrics(out: storage.Location) -> list[dict]:
+    """The records of ``out``'s metrics.jsonl (none when it has none yet)."""
+    if not storage.exists(out.fs, out.join("metrics.jsonl")):
+        return []
+    lines = storage.read_bytes(out.fs, out.join("metrics.jsonl")).decode().splitlines()
+    return [r for r in map(_parse, lines) if r is not None]
 
 
 def eval_record(result: dict, step: int, names: list[str]) -> dict:
