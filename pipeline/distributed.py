@@ -23,7 +23,9 @@ shards it writes, so finalizing reads nothing back. Singles are not deleted: pya
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -53,6 +55,9 @@ BUNDLES = f"{PARTS}/bundles"
 BUNDLE = 200  # part records per bundle: 31,000 shards cost 155 bundle GETs and 31 list pages
 ROW_GROUP = 65536  # rows per parquet row group of index.parquet and failures.parquet
 READERS = 16  # parallel GETs when part records are read back
+WAIT_BATCH = 256  # finished tasks the driver takes per wake-up: one ray.wait over all in flight serves them all
+WAIT_S = 0.1  # longest wake-up interval (a finished task waits this long at most to be replaced)
+SCAN_S = 1.0  # how often the driver looks for decodes past data.decode_timeout_s
 
 
 class StorageError(RuntimeError):
@@ -73,6 +78,27 @@ class PreprocessJob:
     retry_failed: bool = False
     inputs: dict = field(default_factory=dict)  # how the job was called, for dataset.json
     task_cpus: float = 1.0  # CPUs a clip task reserves (below 1 where a stand-in decoder does no work)
+    # Clips a worker process encodes before Ray replaces it: decord leaks across readers. 0: never
+    # (a stand-in decoder that leaks nothing, where worker start-up would be most of the work).
+    task_calls: int = 100
+
+
+@dataclass
+class Phases:
+    """Where a run's time went, per phase: wall-clock bounds (``time.time()``, so a storage server's
+    request log lines up with them) and the driver process's CPU seconds (all its threads)."""
+
+    wall: dict[str, tuple[float, float]] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.time(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = (wall, time.time())
+            self.cpu[name] = time.process_time() - cpu
 
 
 @dataclass
@@ -82,6 +108,7 @@ class Summary:
     by_reason: dict[str, int]
     shards: int
     seconds: float
+    phases: Phases  # "plan", "clips" (absent when nothing was left to do), "finalize" and, within it, "index"
 
     def line(self) -> str:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.by_reason.items())) or "none"
@@ -89,36 +116,86 @@ class Summary:
                 f"({reasons}) in {self.seconds:.0f} s")
 
 
-@ray.remote(num_returns="streaming", max_retries=3, max_calls=100)
-def _encode_task(row: ClipRow, options: EncodeOptions, tags: dict) -> Iterator:
-    """Yields ``None`` once running (the decode timeout starts there, not at submission, so a queued
-    task or a worker still importing torch on a busy node is never mistaken for a hung decode),
-    then the clip's status and its members."""
-    yield None
+@ray.remote(num_cpus=0, max_restarts=0)
+class _StartClock:
+    """When each clip task started running, on this actor's clock, for the decode timeout: it counts from
+    there, not from submission, so a task queued behind busy CPUs or waiting for a worker that is still
+    importing torch on a loaded node is never taken for a hung decode. The driver asks only about tasks
+    in flight for longer than the timeout, so a healthy run costs it nothing per clip (a streaming task
+    reporting its own start cost the driver 0.5-0.8 ms of CPU per clip: docs/performance.md)."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+
+    def start(self, key: str) -> None:
+        self._started[key] = time.monotonic()  # a retried task starts again
+
+    def forget(self, keys: list[str]) -> None:
+        for key in keys:
+            self._started.pop(key, None)
+
+    def running_for(self, keys: list[str]) -> list[float | None]:
+        """Seconds since each task started; None for one that has not started yet."""
+        now = time.monotonic()
+        return [now - self._started[k] if k in self._started else None for k in keys]
+
+
+@functools.cache
+def _start_clock(name: str) -> ray.actor.ActorHandle:
+    return ray.get_actor(name)  # once per worker process
+
+
+def _report_start(clock: str, key: str) -> None:
+    try:
+        _start_clock(clock).start.remote(key)  # not waited for
+    except ValueError:  # the clock is gone: the driver counts from submission then
+        pass
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every clip task of a run shares: put in the object store once, not pickled with each task."""
+
+    options: EncodeOptions
+    tags: dict
+    clock: str  # the run's _StartClock, by name
+
+
+def _encode_task(row: ClipRow, setup: _Setup) -> tuple[dict, list]:
+    """One clip's status (for the driver) and shard members (for the writer), as two objects."""
+    _report_start(setup.clock, row.key)
     faults.clip_task_started(row.key)
-    res = encode_clip(row, options, tags)
+    res = encode_clip(row, setup.options, setup.tags)
     node = ray.get_runtime_context().get_node_id()
-    yield {"key": res.key, "index_row": res.index_row, "failure": res.failure, "node": node}
-    yield res.members
+    return {"key": res.key, "index_row": res.index_row, "failure": res.failure, "node": node}, res.members
 
 
 @ray.remote(num_cpus=0, max_retries=3)
-def _write_task(out: storage.Location, name: str, fourier: list, *samples: list) -> int:
-    if not samples:  # every clip of the shard failed: its part record alone says so
-        return 0
-    return shards.write_shard(out.child("shards"), name, fourier, samples)
+def _write_task(out: storage.Location, part: dict, fourier: list, *samples: list) -> int:
+    """The shard (unless every clip of it failed), then its part record, which marks it finished."""
+    if samples:
+        part = dict(part, bytes=shards.write_shard(out.child("shards"), part["shard"], fourier, samples))
+    storage.write_bytes(out.fs, _part_path(out, part["shard"]), json.dumps(part).encode())
+    return part["bytes"]
 
 
 def _plan_digest(plan: Sequence[tuple[str, list[ClipRow]]]) -> dict[str, str]:
     return {name: hashlib.sha256("\n".join(r.key for r in rows).encode()).hexdigest()[:16] for name, rows in plan}
 
 
-def _check_same_dataset(job: PreprocessJob, plan_file: str, digest: dict[str, str], recipe: dict) -> None:
-    """Refuse to mix two datasets in one directory; a rerun of the same command passes."""
-    fs = job.out.fs
+def _read_plan(fs, plan_file: str) -> dict | None:
+    try:
+        return json.loads(_read_whole(fs, plan_file))
+    except FileNotFoundError:
+        return None
+
+
+def _check_same_dataset(job: PreprocessJob, plan_file: str, digest: dict[str, str], recipe: dict,
+                        held: dict | None) -> dict:
+    """Refuse to mix two datasets in one directory (``held``: what ``plan_file`` holds, if anything);
+    a rerun of the same command passes. Returns the record written."""
     record = {"split": job.split, "recipe": recipe, "classes": [c.mid for c in job.classes], "shards": digest}
-    if storage.exists(fs, plan_file):
-        held = json.loads(storage.read_bytes(fs, plan_file))
+    if held is not None:
         for part in ("split", "recipe", "classes"):
             if held.get(part) != record[part]:
                 raise DatasetMismatchError(
@@ -130,12 +207,20 @@ def _check_same_dataset(job: PreprocessJob, plan_file: str, digest: dict[str, st
                 f"{job.out.shown} already holds shard {clash[0]} made from other rows (the inputs changed): "
                 f"choose a new --out, or rerun with the original segment lists")
         record["shards"] = {**held["shards"], **digest}
-    storage.write_bytes(fs, plan_file, json.dumps(record, sort_keys=True).encode())
+    storage.write_bytes(job.out.fs, plan_file, json.dumps(record, sort_keys=True).encode())
+    return record
+
+
+def _read_whole(fs, path: str) -> bytes:
+    """One GET: pyarrow's input stream (storage.read_bytes) fetches an S3 object in 256 KB ranges, 15 GETs
+    for a bundle of 3.7 MB; a random-access file learns the size first (a HEAD) and reads it at once."""
+    with storage._request(fs, path, "reading"), fs.open_input_file(path) as f:
+        return f.read()
 
 
 def _read_json(fs, paths: Iterable[str]) -> list:
     with ThreadPoolExecutor(READERS) as pool:  # the requests wait on the network, not on the GIL
-        return list(pool.map(lambda p: json.loads(storage.read_bytes(fs, p)), paths))
+        return list(pool.map(lambda p: json.loads(_read_whole(fs, p)), paths))
 
 
 def _load_parts(out: storage.Location) -> dict[str, dict]:
@@ -171,90 +256,135 @@ def _retry_plan(job: PreprocessJob, parts: dict[str, dict], planned: list[str]) 
     return plan_shards(retried, job.options.data.shard_size, f"{job.split}-retry{round_}")
 
 
+def _statuses(refs: list[ray.ObjectRef]) -> list[dict | ray.exceptions.RayError]:
+    """The status of each finished clip task, in one call unless one of them failed."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayError:
+        pass
+    got = []
+    for ref in refs:
+        try:
+            got.append(ray.get(ref))
+        except ray.exceptions.RayError as err:  # task error, crashed worker, lost object, dead node
+            got.append(err)
+    return got
+
+
+def _running_for(clock: ray.actor.ActorHandle, keys: list[str], submitted: list[float]) -> list[float | None]:
+    """Seconds each task has been running, from the start clock; from its submission if the clock is gone."""
+    try:
+        return ray.get(clock.running_for.remote(keys), timeout=60)
+    except ray.exceptions.RayError as err:
+        log.warning("the decode timeout's start clock did not answer (%s): counting from submission",
+                    str(err).strip().splitlines()[-1])
+        now = time.monotonic()
+        return [now - t for t in submitted]
+
+
 def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: dict, parts: dict[str, dict]) -> None:
     """Run the pending shards of ``plan`` on the cluster, writing each shard and its part record
-    (also added to ``parts``) and a bundle of every ``BUNDLE`` of them."""
+    (also added to ``parts``) and a bundle of every ``BUNDLE`` of them.
+
+    Per clip the driver submits a task and takes its small status; the rest is per wake-up (one
+    ``ray.wait`` returns up to ``WAIT_BATCH`` finished tasks) or per shard, and the look for hung
+    decodes visits only the tasks in flight for longer than the timeout.
+    """
     data = job.options.data
     fourier_ref = ray.put(shards.fourier_members(tags, modality.position_features(job.options.modalities)))
     in_flight_cap = data.max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
     todo = collections.deque((name, row) for name, rows in plan for row in rows if row.key not in job.missing)
     results: dict[str, dict[str, tuple]] = {name: {} for name, _ in plan}
     expected = {name: [r.key for r in rows] for name, rows in plan}
+    running: dict[ray.ObjectRef, tuple] = {}  # status ref -> shard, row, members ref
+    by_age: collections.deque[tuple[float, ray.ObjectRef]] = collections.deque()  # (submitted, status ref), in order
+    writers: dict[ray.ObjectRef, dict] = {}  # -> the shard's part record
+    bundles: list[ray.ObjectRef] = []
+    unbundled: list[dict] = []
+    clock_name = f"pav-start-clock-{uuid.uuid4().hex}"
+    clock = _StartClock.options(name=clock_name).remote()
+    setup = ray.put(_Setup(job.options, tags, clock_name))
+    # Made remote here: Ray takes max_calls only where a remote function is made, not in .options().
+    encode = ray.remote(num_returns=2, max_retries=3, num_cpus=job.task_cpus, max_calls=job.task_calls)(_encode_task)
+    written = 0
+    next_scan = time.monotonic() + SCAN_S
+    bar = tqdm(total=len(todo), unit="clip", desc="preprocess", mininterval=2.0, smoothing=0.1)
+
+    def finish_clip(name: str, key: str, status: dict, members_ref: ray.ObjectRef | None) -> None:
+        results[name][key] = (status, members_ref)
+        if len(results[name]) == len(expected[name]):
+            shard = results.pop(name)
+            ordered = [shard[k] for k in expected[name]]
+            part = _part(name, [st for st, _ in ordered])
+            writers[_write_task.remote(job.out, part, fourier_ref,
+                                       *[m for st, m in ordered if st["index_row"] is not None])] = part
+
     for name, rows in plan:  # media never found: recorded without a task
         for r in rows:
             if r.key in job.missing:
-                results[name][r.key] = ({"key": r.key, "index_row": None, "failure": job.missing[r.key]}, None)
-    running: dict[ray.ObjectRef, tuple] = {}
-    writers: dict[ray.ObjectRef, str] = {}
-    bundles: list[ray.ObjectRef] = []
-    unbundled: list[dict] = []
-    encode = _encode_task.options(num_cpus=job.task_cpus)
-    written = 0
-    bar = tqdm(total=len(todo), unit="clip", desc="preprocess", mininterval=2.0, smoothing=0.1)
-
-    def finish_clip(name: str, key: str, status: dict, members_ref) -> None:
-        results[name][key] = (status, members_ref)
-        bar.update(1)
-        if len(results[name]) == len(expected[name]):
-            ordered = [results[name][k] for k in expected[name]]
-            refs = [m for s, m in ordered if s["index_row"] is not None]
-            writers[_write_task.remote(job.out, name, fourier_ref, *refs)] = name
-
-    def submit_shards_without_tasks() -> None:
-        for name in expected:
-            if expected[name] and len(results[name]) == len(expected[name]) and not any(
-                    s["index_row"] for s, _ in results[name].values()):
-                writers[_write_task.remote(job.out, name, fourier_ref)] = name
-
-    submit_shards_without_tasks()
+                finish_clip(name, r.key, {"key": r.key, "index_row": None, "failure": job.missing[r.key]}, None)
     while todo or running or writers:
         # Writers hold whole shards: when storage falls behind, stop decoding until it catches up.
         while todo and len(running) < in_flight_cap and len(writers) < in_flight_cap:
             name, row = todo.popleft()
-            running[encode.remote(row, job.options, tags)] = (name, row, None)
-        ready, _ = ray.wait([*running, *writers], num_returns=1, timeout=1.0, fetch_local=True)
+            status_ref, members_ref = encode.remote(row, setup)
+            running[status_ref] = (name, row, members_ref)
+            by_age.append((time.monotonic(), status_ref))
+        waiting = [*running, *writers]
+        ready, _ = ray.wait(waiting, num_returns=min(len(waiting), WAIT_BATCH), timeout=WAIT_S, fetch_local=False)
+        done = [ref for ref in ready if ref in running]
         for ref in ready:
             if ref in writers:
-                name = writers.pop(ref)
+                part = writers.pop(ref)
                 try:
-                    size = ray.get(ref)
+                    part["bytes"] = ray.get(ref)
                 except ray.exceptions.RayError as err:
                     cause = str(err).strip().splitlines()[-1]
-                    raise StorageError(f"writing shard {name} to {job.out.shown} failed ({cause}); finished shards "
-                                       f"are kept: fix the storage and rerun the same command") from None
-                part = _write_part(job.out, name, results.pop(name), size)
-                parts[name[: -len(".tar")]] = part
+                    raise StorageError(f"writing shard {part['shard']} to {job.out.shown} failed ({cause}); finished "
+                                       f"shards are kept: fix the storage and rerun the same command") from None
+                parts[part["shard"][: -len(".tar")]] = part
                 unbundled.append(part)
                 if len(unbundled) == BUNDLE:
                     bundles.append(_bundle_task.remote(job.out, unbundled))
                     unbundled = []
                 written += 1
                 faults.driver_shard_written(written)
-                continue
-            name, row, started = running[ref]
-            try:
-                if started is None:
-                    ray.get(next(ref))  # it runs: the decode clock starts now
-                    running[ref] = (name, row, time.monotonic())
-                    continue
-                del running[ref]
-                status, members_ref = ray.get(next(ref)), next(ref)
-            except ray.exceptions.RayError as err:  # task error, crashed worker, lost object, dead node
-                running.pop(ref, None)
-                members_ref = None
-                message = str(err).strip().splitlines()[-1][:300]
-                status = {"key": row.key, "index_row": None,
-                          "failure": failure_row(row, "worker", "worker_error", f"{row.path}: {message}")}
+        heard = []  # keys the start clock can forget
+        for ref, status in zip(done, _statuses(done), strict=True):
+            name, row, members_ref = running.pop(ref)
+            heard.append(row.key)
+            if isinstance(status, ray.exceptions.RayError):
+                message = str(status).strip().splitlines()[-1][:300]
+                status, members_ref = {"key": row.key, "index_row": None, "failure": failure_row(
+                    row, "worker", "worker_error", f"{row.path}: {message}")}, None
             finish_clip(name, row.key, status, members_ref)
+        if heard:
+            clock.forget.remote(heard)
+        bar.update(len(done))
         now = time.monotonic()
-        for ref, (name, row, started) in list(running.items()):
-            if started is not None and now - started > data.decode_timeout_s:
+        if now < next_scan:
+            continue
+        next_scan = now + SCAN_S
+        while by_age and by_age[0][1] not in running:
+            by_age.popleft()
+        old = []  # only a task submitted longer than the timeout ago can have run longer than that
+        for submitted, ref in by_age:
+            if now - submitted <= data.decode_timeout_s:
+                break
+            if ref in running:
+                old.append((submitted, ref))
+        if not old:
+            continue
+        ages = _running_for(clock, [running[r][1].key for _, r in old], [t for t, _ in old])
+        for (_, ref), age in zip(old, ages, strict=True):
+            if age is not None and age > data.decode_timeout_s:
                 ray.cancel(ref, force=True)
-                running.pop(ref)
+                name, row, _ = running.pop(ref)
                 finish_clip(name, row.key, {"key": row.key, "index_row": None, "failure": failure_row(
-                    row, "decode", "timeout", f"{row.path}: decode took over {data.decode_timeout_s:.0f} s")},
-                    None)
+                    row, "decode", "timeout", f"{row.path}: decode took over {data.decode_timeout_s:.0f} s")}, None)
+                bar.update(1)
     bar.close()
+    ray.kill(clock)
     if unbundled:
         bundles.append(_bundle_task.remote(job.out, unbundled))
     try:
@@ -265,15 +395,13 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
                            f"rerun the same command to finish") from None
 
 
-def _write_part(out: storage.Location, name: str, results: dict[str, tuple], size: int) -> dict:
-    statuses = [s for s, _ in results.values()]
-    part = {"shard": name, "bytes": size,
+def _part(name: str, statuses: list[dict]) -> dict:
+    """A shard's part record; ``bytes`` is filled in when the shard is written."""
+    return {"shard": name, "bytes": 0,
             "samples": [dict(s["index_row"], shard=name) for s in statuses if s["index_row"]],
             "failures": [s["failure"] for s in statuses if s["failure"]],
             # Where each clip was encoded (Ray node ids; clips recorded without a task have none).
             "nodes": dict(collections.Counter(s["node"] for s in statuses if s.get("node")))}
-    storage.write_bytes(out.fs, _part_path(out, name), json.dumps(part).encode())
-    return part
 
 
 def _write_table(out: storage.Location, name: str, rows: list[dict], schema: pa.Schema) -> None:
@@ -283,7 +411,7 @@ def _write_table(out: storage.Location, name: str, rows: list[dict], schema: pa.
             writer.write_table(pa.Table.from_pylist(rows[start:start + ROW_GROUP], schema=schema))
 
 
-def _finalize(job: PreprocessJob, recipe: dict, started: float, parts: dict[str, dict]) -> Summary:
+def _finalize(job: PreprocessJob, recipe: dict, started: float, parts: dict[str, dict], phases: Phases) -> Summary:
     samples = sorted((s for p in parts.values() for s in p["samples"]), key=lambda s: s["key"])
     sampled = {s["key"] for s in samples}
     # A row retried into a later shard leaves its earlier failure behind: the sample wins.
@@ -291,8 +419,9 @@ def _finalize(job: PreprocessJob, recipe: dict, started: float, parts: dict[str,
     failures = sorted({f["key"]: f for f in failures}.values(), key=lambda f: f["key"]) + job.source_failures
     per_modality = [(c, t) for m in job.options.modalities
                     for c, t in ((f"has_{m.name}", pa.bool_()), (m.length_key, pa.int64()))]
-    _write_table(job.out, "index.parquet", samples, records.schema(records.IndexRow, per_modality))
-    _write_table(job.out, "failures.parquet", failures, records.FAILURE_SCHEMA)
+    with phases("index"):
+        _write_table(job.out, "index.parquet", samples, records.schema(records.IndexRow, per_modality))
+        _write_table(job.out, "failures.parquet", failures, records.FAILURE_SCHEMA)
     by_reason = dict(collections.Counter(f["error"].split(":")[0] for f in failures))
     shard_names = sorted(p["shard"] for p in parts.values() if p["samples"])
     kept = set(shard_names)
@@ -317,31 +446,35 @@ def _finalize(job: PreprocessJob, recipe: dict, started: float, parts: dict[str,
         "inputs": job.inputs,
     }
     storage.write_bytes(job.out.fs, job.out.join("dataset.json"), json.dumps(dataset, indent=2).encode())
-    return Summary(len(samples), len(failures), by_reason, len(shard_names), time.time() - started)
+    return Summary(len(samples), len(failures), by_reason, len(shard_names), time.time() - started, phases)
 
 
 def run_preprocess(job: PreprocessJob) -> Summary:
     """Plan, skip finished shards, run the rest on Ray, and write index, failures and dataset.json."""
     started = time.time()
+    phases = Phases()
     data = job.options.data
     recipe = recipe_record(data, job.options.modalities)
     tags = recipe["modalities"]
-    storage.remove_stale_temporaries(job.out.fs, job.out.join("shards"))
-    plan = plan_shards(job.rows, data.shard_size, job.split)
-    _check_same_dataset(job, job.out.join("_plan.json"), _plan_digest(plan), recipe)
-    parts = _load_parts(job.out)
-    if job.retry_failed:
-        planned = json.loads(storage.read_bytes(job.out.fs, job.out.join("_plan.json")))["shards"]
-        plan = _retry_plan(job, parts, list(planned))
-        _check_same_dataset(job, job.out.join("_plan.json"), _plan_digest(plan), recipe)
-    pending = [(name, rows) for name, rows in plan if name[: -len(".tar")] not in parts]
+    with phases("plan"):
+        storage.remove_stale_temporaries(job.out.fs, job.out.join("shards"))
+        plan = plan_shards(job.rows, data.shard_size, job.split)
+        plan_file = job.out.join("_plan.json")
+        held = _check_same_dataset(job, plan_file, _plan_digest(plan), recipe, _read_plan(job.out.fs, plan_file))
+        parts = _load_parts(job.out)
+        if job.retry_failed:
+            plan = _retry_plan(job, parts, list(held["shards"]))
+            _check_same_dataset(job, plan_file, _plan_digest(plan), recipe, held)
+        pending = [(name, rows) for name, rows in plan if name[: -len(".tar")] not in parts]
     done = len(plan) - len(pending)
     print(f"preprocess: {len(plan)} shards planned, {done} already complete, {len(pending)} to do "
           f"({sum(len(r) for _, r in pending)} clips) on {int(ray.cluster_resources().get('CPU', 0))} CPUs",
           flush=True)
     if pending:
-        _execute(job, pending, tags, parts)
-    return _finalize(job, recipe, started, parts)
+        with phases("clips"):
+            _execute(job, pending, tags, parts)
+    with phases("finalize"):
+        return _finalize(job, recipe, started, parts, phases)
 
 
 def check_reachable(out: storage.Location) -> None:

