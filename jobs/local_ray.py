@@ -8,6 +8,7 @@ mount namespace so that it cannot see a folder, as a machine without the shared 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -128,14 +129,18 @@ class Node:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to a blocking ``ray start`` stops its node's processes; SIGKILL the session if it hangs."""
+    """SIGTERM to a blocking ``ray start`` stops its node's processes; then SIGKILL whatever is left of
+    its session (after jobs have run, some linger for half a minute: nothing on a node stopped for good
+    needs a clean exit)."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=60)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def start_cluster(temp_dir: Path, num_cpus: int = 2) -> Cluster:
