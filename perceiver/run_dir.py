@@ -4,12 +4,13 @@
                          inputs, sampler or training set is refused
     metrics.jsonl        one JSON record per optimizer step (and per evaluation), each step once; a step's
                          record counts what the readers skipped for it (pipeline.shards.SKIPPED)
-    events.jsonl         one record per start of the worker group: "started", or "resumed" at a step
-    tensorboard/         the same scalars for TensorBoard (local outputs)
+    events.jsonl         one record per start of the worker group: "started", or "resumed" at a step, with
+                         the Ray node id of each rank
+    tensorboard/         the same scalars for TensorBoard (on an object store: written locally, uploaded at each flush)
     ray/train/           Ray Train's run state and checkpoints (perceiver.training, perceiver.trainer)
     model.pt, model.json final weights (a plain state dict) and the config and classes to load them
     eval.json            final metrics: all modalities together, and each alone
-    plots/               loss and mAP curves, per-class AP
+    plots/               loss and mAP curves, per-class AP (drawn locally and uploaded to an object store)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import reprlib
+import tempfile
 import time
 
 from perceiver import plots
@@ -30,11 +32,12 @@ from pipeline import shards, storage
 from pipeline.dataset import DatasetInfo
 
 
-def record_event(out: storage.Location, event: str, step: int, world: int) -> None:
-    """Append to ``events.jsonl``: each (re)start of the worker group, so restarts leave a trace."""
+def record_event(out: storage.Location, event: str, step: int, nodes: list[str]) -> None:
+    """Append to ``events.jsonl``: each (re)start of the worker group, so restarts leave a trace, and
+    where its workers ran (``nodes``: each rank's Ray node id)."""
     path = out.join("events.jsonl")
     old = storage.read_bytes(out.fs, path) if storage.exists(out.fs, path) else b""
-    line = json.dumps({"event": event, "step": step, "workers": world, "time": time.time()}) + "\n"
+    line = json.dumps({"event": event, "step": step, "workers": len(nodes), "nodes": nodes, "time": time.time()}) + "\n"
     storage.write_bytes(out.fs, path, old + line.encode())
 
 
@@ -46,11 +49,12 @@ class MetricsLog:
         self.records = [r for r in read_metrics(out) if r.get("step", 0) <= resume_step]
         self._rewrite()
         self._file = open(self.path, "a") if out.is_local else None  # noqa: SIM115 (kept open for appends)
-        self.tb = None
-        if out.is_local:
-            from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(out.join("tensorboard"), purge_step=resume_step + 1)
+        # TensorBoard writes a local folder: on an object store, a temporary one uploaded at each flush.
+        self._staged = None if out.is_local else tempfile.TemporaryDirectory(prefix="pav-tensorboard-")
+        self.tb = SummaryWriter(self._staged.name if self._staged else out.join("tensorboard"),
+                                purge_step=resume_step + 1)
 
     def _rewrite(self) -> None:
         storage.write_bytes(self.out.fs, self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
@@ -61,26 +65,31 @@ class MetricsLog:
         self.records.append(record)
         if self._file:
             self._file.write(json.dumps(record) + "\n")
-        if self.tb:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, record["step"])
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(k, v, record["step"])
 
     def flush(self) -> None:
         if self._file:
             self._file.flush()
         else:
             self._rewrite()
-        if self.tb:
-            self.tb.flush()
+        self.tb.flush()
+        self._upload_tensorboard()
+
+    def _upload_tensorboard(self) -> None:
+        if self._staged:
+            storage.upload_folder(self._staged.name, self.out.child("tensorboard"))
 
     def close(self) -> None:
         if self._file:
             self._file.close()
             self._file = None
         self._rewrite()  # the appended file may hold a record that add() has since replaced
-        if self.tb:
-            self.tb.close()
+        self.tb.close()
+        self._upload_tensorboard()
+        if self._staged:
+            self._staged.cleanup()
 
 
 def _parse(line: str) -> dict | None:
@@ -127,8 +136,7 @@ def finish(model: AVClassifier, info: DatasetInfo, result: dict | None, *, cfg: 
         storage.write_bytes(out.fs, out.join("eval.json"), json.dumps(result, indent=2).encode())
         say("final eval: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in sets))
     log.close()
-    if out.is_local:
-        plot_dir = out.join("plots")
+    with storage.local_folder(out.child("plots")) as plot_dir:
         plots.plot_curves(log.records, f"{plot_dir}/loss.png", ys=("loss",), title="training loss")
         plots.plot_curves(log.records, f"{plot_dir}/map.png", ys=("eval_mAP", *(f"eval_{n}_mAP" for n in sets[1:])),
                           title="eval mAP")
@@ -160,12 +168,15 @@ _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring = 8, 50, 300
 def check_same_run(out: storage.Location, cfg: Config, info: DatasetInfo) -> None:
     """Record the run's config and training set on first start; refuse to resume it with another
     model, recipe, sampler or training set (its shards and sample count fix the data order; with
-    the balanced sampler its class counts, from ``index.parquet``, fix the weights)."""
+    the balanced sampler its class counts, from ``index.parquet``, fix the weights; stored windows,
+    their count and seed)."""
     path = out.join("run_config.json")
     current = {**to_dict(cfg), "dataset": {"root": info.root, "shards": len(info.shards),
                                            "samples": info.num_samples}}
     if cfg.train.sampler == "balanced":
         current["dataset"]["class_counts"] = list(class_balance(info).class_counts)
+    if info.recipe.get("train_windows"):  # stored windows regenerated with another seed are other data
+        current["dataset"]["windows"] = {k: info.recipe[k] for k in ("train_windows", "window_seed")}
     if storage.exists(out.fs, path):
         held = json.loads(storage.read_bytes(out.fs, path))
         defaults = to_dict(Config())  # a field newer than the run counts as its default, at any depth

@@ -27,7 +27,9 @@ def fit(cfg: Config, *, train: str, eval_: str | None, out: storage.Location, nu
                                      resources_per_worker=resources_per_worker),
         run_config=RunConfig(
             name="train",
-            storage_path=out.child("ray").uri,
+            # On an object store Ray Train gets it without folder markers (storage.without_folders).
+            storage_path=out.join("ray") if out.fs.type_name in storage.OBJECT_STORES else out.child("ray").uri,
+            storage_filesystem=storage.without_folders(out) if out.fs.type_name in storage.OBJECT_STORES else None,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),

@@ -74,10 +74,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["torch_rng"].cpu())
         step = int(state["step"])
+    nodes = _gathered(ray.get_runtime_context().get_node_id(), world)  # where each rank runs, for events.jsonl
     if rank == 0:
         if device.type == "cuda":
             say(attention_kernels(model, torch.bfloat16))
-        record_event(out, "resumed" if step else "started", step, world)
+        record_event(out, "resumed" if step else "started", step, nodes)
         if step:
             say(f"resuming from the checkpoint at step {step}")
 
@@ -159,6 +160,15 @@ def _sum_over_ranks(counts: torch.Tensor, device: torch.device, world: int) -> l
     return counts.tolist()
 
 
+def _gathered(obj, world: int) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; each rank calls this at the same point."""
+    if world == 1:
+        return [obj]
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
@@ -188,10 +198,7 @@ def _evaluate(model: AVClassifier, eval_info: DatasetInfo, cfg: Config, *, devic
     part = dataclasses.replace(eval_info, shards=eval_info.shards[rank::world])
     scored = evaluation.score(model, part, batch_size=cfg.train.batch_size, crops=cfg.train.eval_crops, device=device,
                               sets=sets, autocast_dtype=autocast)
-    gathered = [scored]
-    if world > 1:
-        gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, scored)
+    gathered = _gathered(scored, world)
     if rank != 0:
         return None
     scores = {name: np.concatenate([g[0][name] for g in gathered]) for name in sets}

@@ -197,3 +197,95 @@ def remove_stale_temporaries(fs: pafs.FileSystem, path: str) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(p)
     return len(stale)
+
+
+class _WithoutFolders(pafs.FileSystemHandler):
+    """An object store whose ``create_dir`` creates nothing: for libraries that make folders before
+    they write (Ray Train's run state and checkpoints, pyarrow's ``copy_files``). On an object store a
+    key needs no folder above it, and the ``prefix/`` marker pyarrow would write instead is refused
+    by file-backed servers once the folder exists. Every other call goes to the store itself."""
+
+    def __init__(self, fs: pafs.FileSystem) -> None:
+        self.fs = fs
+
+    def __reduce__(self):  # Ray pickles the run's storage to its controller and workers
+        return _WithoutFolders, (self.fs,)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _WithoutFolders) and self.fs.equals(other.fs)
+
+    def equals(self, other: object) -> bool:
+        return self == other
+
+    def get_type_name(self) -> str:
+        return f"{self.fs.type_name}-without-folders"
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        pass
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(selector)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise PermissionError("refusing to empty a whole object store")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path: str):
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str):
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata):
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path: str, metadata):
+        return self.fs.open_append_stream(path, metadata=metadata)
+
+
+def without_folders(loc: Location) -> pafs.FileSystem:
+    """``loc``'s file system for a library that creates folders before it writes: on an object store,
+    one whose ``create_dir`` does nothing (``_WithoutFolders``); anywhere else, the file system itself."""
+    if loc.fs.type_name not in OBJECT_STORES:
+        return loc.fs
+    return pafs.PyFileSystem(_WithoutFolders(loc.fs))
+
+
+def upload_folder(local: str | os.PathLike, dest: Location) -> None:
+    """Put each file directly in the local folder ``local`` at ``dest``, under its own name."""
+    for entry in sorted(os.scandir(local), key=lambda e: e.name):
+        if entry.is_file():
+            write_bytes(dest.fs, dest.join(entry.name), Path(entry.path).read_bytes())
+
+
+@contextlib.contextmanager
+def local_folder(dest: Location) -> Iterator[str]:
+    """A local folder whose files end up in ``dest``: ``dest`` itself where it is local, elsewhere a
+    temporary folder uploaded when the block ends without error (for writers that need a local path:
+    matplotlib, TensorBoard)."""
+    if dest.is_local:
+        yield dest.path
+        return
+    with tempfile.TemporaryDirectory(prefix="pav-upload-") as staged:
+        yield staged
+        upload_folder(staged, dest)

@@ -5,9 +5,9 @@ test here: 2 workers of 2 CPUs, so one on each node, reading --train and --eval 
 one worker killed after step 7 and resumed from its step-4 checkpoint. The endpoint is reached
 both ways a user configures it: pyarrow's query options in the URI (the client's
 AWS_ENDPOINT_URL removed, so only the URI can carry it) and plain ``s3://`` URIs with
-AWS_ENDPOINT_URL and the credentials in the environment. The run directory is local: Ray Train's
-own ``create_dir`` on its storage path writes ``prefix/`` markers that this file-backed server
-refuses (docs/cluster.md); the finished model is uploaded for evaluate and predict.
+AWS_ENDPOINT_URL and the credentials in the environment. The run directory is on the server too
+(``--out s3://pav/run``): Ray Train keeps its run state and checkpoints there, evaluate and predict
+load the model from it.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _leaks(text: str) -> list[str]:
 @dataclass
 class S3Run:
     train: str  # the dataset's URI with query options
-    run: Path  # the local run directory
-    checkpoint: str  # its model.pt uploaded, plain URI
+    run: Path  # where the server keeps the run directory
+    checkpoint: str  # its model.pt, plain URI
     logs: dict[str, str]
 
 
@@ -66,19 +66,15 @@ def s3_run(ray_cluster, micro_data, second_node, s3_endpoint, tmp_path_factory) 
                           "--segments", str(data / "balanced_train_segments.csv"),
                           "--labels", str(data / "class_labels_indices.csv"), "--media-dir", str(data / "clips"),
                           "--out", train, env=_client_env(ray_cluster, query=True))
-    root = tmp_path_factory.mktemp("s3-train")
-    marker, run = root / "killed", root / "run"
+    marker = tmp_path_factory.mktemp("s3-train") / "killed"
     # Ray Train's controller collects reports every 2 s: the delay lets it register the step-4
     # checkpoint before a worker kills itself after step 7.
     env = dict(ray_cluster.env, PERCEIVER_AV_FAULT=f"kill_train_worker_once={marker}@7,train_step_delay_s=1.0")
     fit = ray_cluster.run(sys.executable, "jobs/train.py", "--config", "configs/micro.yaml", "--num-workers", "2",
                           "--cpus-per-worker", "2", "--set", "train.steps=8", "--train", train,
-                          "--eval", s3_endpoint.uri("ds/train"), "--out", str(run), env=env)
+                          "--eval", s3_endpoint.uri("ds/train"), "--out", s3_endpoint.uri("run"), env=env)
     assert marker.exists()  # a worker really died mid-run
-    uploaded = storage.locate(s3_endpoint.uri("run"))
-    for name in ("model.pt", "model.json"):  # through S3: the server does not see files put behind its back
-        storage.write_bytes(uploaded.fs, uploaded.join(name), (run / name).read_bytes())
-    return S3Run(train, run, s3_endpoint.uri("run/model.pt"),
+    return S3Run(train, s3_endpoint.path("run"), s3_endpoint.uri("run/model.pt"),
                  {"preprocess": pre.stdout + pre.stderr, "train": fit.stdout + fit.stderr})
 
 
@@ -94,13 +90,20 @@ def test_preprocessing_writes_the_dataset_to_the_server_from_two_nodes(s3_run, s
     assert info.root == "s3://pav/ds/train" and all(p.endswith("&region=us-east-1") for p in info.shards)
 
 
-def test_training_reads_the_server_on_two_nodes_and_resumes_from_its_checkpoint(s3_run):
+def test_training_reads_the_server_on_two_nodes_and_resumes_from_its_checkpoint(s3_run, second_node):
     run = s3_run.run
-    events = [(e["event"], e["step"], e["workers"]) for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())]
-    assert events == [("started", 0, 2), ("resumed", 4, 2)]
+    records = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"], e["workers"]) for e in records] == [("started", 0, 2), ("resumed", 4, 2)]
+    for event in records:  # 2 CPUs per worker on nodes of 2 CPUs: one rank on each node, both times
+        assert len(set(event["nodes"])) == 2 and second_node.node_id in event["nodes"], event
     steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == list(range(1, 9))  # each step once
     assert (run / "eval.json").is_file()
+    checkpoints = sorted(p.name for p in (run / "ray" / "train").glob("checkpoint_*"))
+    assert checkpoints, sorted(p.name for p in (run / "ray").rglob("*"))[:20]
+    # TensorBoard's events and the plots, drawn locally, were uploaded next to metrics.jsonl.
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2  # the start and the resume
+    assert {p.name for p in (run / "plots").iterdir()} >= {"loss.png", "map.png"}
 
 
 def test_records_and_logs_hold_no_query_options_or_credentials(s3_run, s3_endpoint):
