@@ -486,7 +486,7 @@ def plain_preprocess(rows: Sequence[ClipRow], data: DataConfig, workers: int, ou
         with mp.get_context("spawn").Pool(workers, initializer=_plain_worker_init) as pool:
             results = pool.map(_plain_encode, [(row, options, tags) for row in rows], chunksize=1)
         fourier = shards.fourier_members(tags, modality.position_features(options.modalities))
-        ordered = sorted((r for r in results if r.index_row), key=lambda r: r.key)
+        ordered = sorted((r for r in results if r.index_rows), key=lambda r: r.key)
         shards.write_shard(out, f"plain-w{workers}.tar", fourier, [r.members for r in ordered])
     if len(ordered) != len(rows):
         raise RuntimeError(f"{len(rows) - len(ordered)} clips failed in plain processes")

@@ -419,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "scale",
                         help="inputs (cached) and the server's folder (default: .bench/scale/, git-ignored)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray head")
-    parser.add_argument("--task-cpus", type=float, default=0.25, help="CPUs a clip task reserves")
+    parser.add_argument("--task-cpus", type=float, default=0.5,
+                        help="CPUs a clip task reserves (0.5: 4 worker processes on 2 CPUs, about 0.9 GB each)")
     parser.add_argument("--task-calls", type=int, default=0,
                         help="clip tasks per worker process before Ray replaces it (0: never; the driver's default "
                              "of 100 is for decord's leak, which the stand-in decoder has not)")

@@ -41,7 +41,6 @@ import heapq
 import io
 import itertools
 import logging
-import math
 import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline import shards, storage
+from pipeline import modality, shards, storage
 from pipeline.dataset import DatasetInfo
 from pipeline.modality import Modality
 
@@ -63,21 +62,11 @@ log = logging.getLogger(__name__)
 
 def window_starts(meta: dict, modalities: Sequence[Modality], count: int | None,
                   rng: np.random.Generator | None) -> list[float]:
-    """Start times (seconds) of ``count`` windows inside the clip's real content.
-
-    Random (train: ``rng`` given) or evenly spaced from start to end (eval), on the coarsest
-    modality's grid of window starts, so every modality starts on a whole unit. A window may run
-    into padding only when the clip is shorter than a window.
-    """
-    step = max(m.step_s for m in modalities)
-    width = round(modalities[0].window_s / step)
-    real = max(m.real_span(meta)[1] for m in modalities)
-    stored = min(m.stored_seconds(meta) for m in modalities)
-    last = min(max(0, math.floor(real / step + 1e-6) - width), math.floor(stored / step + 1e-6) - width)
-    if rng is not None:
-        return [int(rng.integers(0, last + 1)) * step for _ in range(count or 1)]
-    count = count or 1
-    return [(round(i * last / (count - 1)) if count > 1 else last // 2) * step for i in range(count)]
+    """Start times (seconds) of ``count`` windows inside a sample's real content: random (train:
+    ``rng`` given) or evenly spaced (eval), by ``pipeline.modality.window_starts``. A stored window
+    (``data.train_windows``) has one start, 0."""
+    return modality.window_starts(max(m.real_span(meta)[1] for m in modalities),
+                                  min(m.stored_seconds(meta) for m in modalities), modalities, count, rng)
 
 
 def crop_window(sample: shards.Sample, modality: Modality, start_s: float) -> tuple[np.ndarray, bool]:
@@ -186,22 +175,25 @@ def assemble(samples: Sequence[shards.Sample], starts: Sequence[Sequence[float]]
 class ClassBalance:
     """The balanced sampler's weights: clip ``i`` weighs ``w_i``, the sum over its labels ``c`` of ``1 / n_c``.
 
-    ``class_counts`` are the ``n_c`` (training clips labelled ``c``; ``index.parquet`` has one row per
-    clip), ``shard_mass`` the summed weight of each shard of ``DatasetInfo.shards``, in that order, and
-    ``clips`` the number of clips.
+    ``class_counts`` are the ``n_c`` (training clips labelled ``c``, from ``index.parquet``), ``shard_mass``
+    the summed weight of the clips each shard of ``DatasetInfo.shards`` holds, in that order, ``clips``
+    the number of clips and ``windows_per_clip`` the samples each stored (``data.train_windows``, or 1
+    for whole segments): a stored window weighs its clip's share, ``w_i / windows_per_clip``.
     """
 
     class_counts: tuple[int, ...]
     shard_mass: tuple[float, ...]
     clips: int
+    windows_per_clip: int = 1
 
     def weight(self, labels: Sequence[int]) -> float:
-        return sum(1.0 / self.class_counts[c] for c in labels)
+        """The weight of one stored sample with these labels."""
+        return sum(1.0 / self.class_counts[c] for c in labels) / self.windows_per_clip
 
     @property
     def draws_per_weight(self) -> float:
-        """``lambda``: windows drawn per unit of weight, so a pass draws about as many windows as it reads clips."""
-        return self.clips / sum(self.shard_mass)
+        """``lambda``: windows drawn per unit of weight, so a pass draws about as many windows as it reads samples."""
+        return self.clips * self.windows_per_clip / sum(self.shard_mass)
 
 
 def class_balance(info: DatasetInfo) -> ClassBalance:
@@ -209,18 +201,19 @@ def class_balance(info: DatasetInfo) -> ClassBalance:
     shard = storage.locate(info.shards[0])  # shards lie in <root>/shards/, and their URIs reach the store
     index = posixpath.join(posixpath.dirname(posixpath.dirname(shard.path)), "index.parquet")
     table = pq.read_table(io.BytesIO(storage.read_bytes(shard.fs, index)), columns=["shard", "labels"])
+    per_clip = int(info.recipe.get("train_windows") or 1)  # every clip stores as many windows
     labels = table.column("labels").combine_chunks()
     flat = labels.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
     row = np.repeat(np.arange(len(labels)), labels.value_lengths().to_numpy(zero_copy_only=False))
-    counts = np.bincount(flat, minlength=len(info.classes))
-    weights = np.bincount(row, weights=1.0 / counts[flat], minlength=len(labels))
+    counts = np.bincount(flat, minlength=len(info.classes)) // per_clip  # clips, not stored windows
+    weights = np.bincount(row, weights=1.0 / counts[flat], minlength=len(labels)) / per_clip
     position = {posixpath.basename(storage.locate(p).path): i for i, p in enumerate(info.shards)}
     try:
         in_shard = np.array([position[name] for name in table.column("shard").to_pylist()], dtype=np.int64)
     except KeyError as err:
         raise ValueError(f"{info.root}: index.parquet lists shard {err.args[0]}, which dataset.json does not") from None
     mass = np.bincount(in_shard, weights=weights, minlength=len(info.shards))
-    return ClassBalance(tuple(int(n) for n in counts), tuple(float(m) for m in mass), len(labels))
+    return ClassBalance(tuple(int(n) for n in counts), tuple(float(m) for m in mass), len(labels) // per_clip, per_clip)
 
 
 def rank_shards(paths: Sequence[str], seed: int, epoch: int, rank: int, world: int,

@@ -195,6 +195,22 @@ class DecodedClip:
     video_first: int = 0  # first frame of real content: a stream that starts late is absent before it
     audio_first: int = 0  # first sample of real content
 
+    def part(self, start_s: float, seconds: float, *, fps: float, sample_rate: int) -> DecodedClip:
+        """``seconds`` from ``start_s`` (on whole frames and samples) as a clip of its own, its real
+        content the part of this clip's that falls inside (none: an empty range)."""
+        def cut(array: np.ndarray | None, first: int, end: int, rate: float) -> tuple[np.ndarray | None, int, int]:
+            if array is None:
+                return None, 0, 0
+            at, size = round(start_s * rate), round(seconds * rate)
+            lo, hi = min(max(first - at, 0), size), min(max(end - at, 0), size)
+            return (array[at:at + size].copy(), lo, hi) if hi > lo else (array[at:at + size].copy(), 0, 0)
+
+        video, video_first, video_frames = cut(self.video, self.video_first, self.video_frames, fps)
+        audio, audio_first, audio_samples = cut(self.audio, self.audio_first, self.audio_samples, sample_rate)
+        return DecodedClip(video=video, video_frames=video_frames, audio=audio, audio_samples=audio_samples,
+                           has_video=self.has_video, has_audio=self.has_audio, video_first=video_first,
+                           audio_first=audio_first)
+
 
 # decord's messages when it finds no stream it can decode (it ignores streams it has no decoder for).
 _NO_STREAM = re.compile(r"cannot find video stream|can't find audio stream", re.IGNORECASE)

@@ -103,7 +103,8 @@ class Phases:
 
 @dataclass
 class Summary:
-    written: int
+    written: int  # samples stored
+    clips: int  # clips they came from (fewer with data.train_windows)
     failed: int
     by_reason: dict[str, int]
     shards: int
@@ -112,7 +113,8 @@ class Summary:
 
     def line(self) -> str:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.by_reason.items())) or "none"
-        return (f"preprocess: {self.written} samples in {self.shards} shards, {self.failed} failed "
+        windows = f" ({self.clips} clips)" if self.clips != self.written else ""
+        return (f"preprocess: {self.written} samples{windows} in {self.shards} shards, {self.failed} failed "
                 f"({reasons}) in {self.seconds:.0f} s")
 
 
@@ -167,7 +169,7 @@ def _encode_task(row: ClipRow, setup: _Setup) -> tuple[dict, list]:
     faults.clip_task_started(row.key)
     res = encode_clip(row, setup.options, setup.tags)
     node = ray.get_runtime_context().get_node_id()
-    return {"key": res.key, "index_row": res.index_row, "failure": res.failure, "node": node}, res.members
+    return {"key": res.key, "index_rows": res.index_rows, "failure": res.failure, "node": node}, res.members
 
 
 @ray.remote(num_cpus=0, max_retries=3)
@@ -244,12 +246,16 @@ def _part_path(out: storage.Location, shard: str) -> str:
     return out.join(PARTS, shard[: -len(".tar")] + ".json")
 
 
+def _clips_stored(parts: dict[str, dict]) -> set[str]:
+    """The keys of the clips that became samples (a stored window's ``clip``)."""
+    return {row.get("clip") or row["key"] for p in parts.values() for row in p["samples"]}
+
+
 def _retry_plan(job: PreprocessJob, parts: dict[str, dict], planned: list[str]) -> list[tuple[str, list[ClipRow]]]:
     """Rows that failed in a clip stage (or whose media was missing) become new shards, named by
     a round no earlier plan used (a killed retry may have planned names it never wrote)."""
     by_key = {r.key: r for r in job.rows}
-    failed = {f["key"] for p in parts.values() for f in p["failures"]} - {
-        row["key"] for p in parts.values() for row in p["samples"]}
+    failed = {f["key"] for p in parts.values() for f in p["failures"]} - _clips_stored(parts)
     retried = [by_key[k] for k in sorted(failed) if k in by_key and k not in job.missing]
     used = [int(n.split("-retry")[1].split("-")[0]) for n in planned if f"{job.split}-retry" in n]
     round_ = 1 + max(used, default=0)
@@ -317,12 +323,12 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
             ordered = [shard[k] for k in expected[name]]
             part = _part(name, [st for st, _ in ordered])
             writers[_write_task.remote(job.out, part, fourier_ref,
-                                       *[m for st, m in ordered if st["index_row"] is not None])] = part
+                                       *[m for st, m in ordered if st["index_rows"]])] = part
 
     for name, rows in plan:  # media never found: recorded without a task
         for r in rows:
             if r.key in job.missing:
-                finish_clip(name, r.key, {"key": r.key, "index_row": None, "failure": job.missing[r.key]}, None)
+                finish_clip(name, r.key, {"key": r.key, "index_rows": [], "failure": job.missing[r.key]}, None)
     while todo or running or writers:
         # Writers hold whole shards: when storage falls behind, stop decoding until it catches up.
         while todo and len(running) < in_flight_cap and len(writers) < in_flight_cap:
@@ -355,7 +361,7 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
             heard.append(row.key)
             if isinstance(status, ray.exceptions.RayError):
                 message = str(status).strip().splitlines()[-1][:300]
-                status, members_ref = {"key": row.key, "index_row": None, "failure": failure_row(
+                status, members_ref = {"key": row.key, "index_rows": [], "failure": failure_row(
                     row, "worker", "worker_error", f"{row.path}: {message}")}, None
             finish_clip(name, row.key, status, members_ref)
         if heard:
@@ -380,7 +386,7 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
             if age is not None and age > data.decode_timeout_s:
                 ray.cancel(ref, force=True)
                 name, row, _ = running.pop(ref)
-                finish_clip(name, row.key, {"key": row.key, "index_row": None, "failure": failure_row(
+                finish_clip(name, row.key, {"key": row.key, "index_rows": [], "failure": failure_row(
                     row, "decode", "timeout", f"{row.path}: decode took over {data.decode_timeout_s:.0f} s")}, None)
                 bar.update(1)
     bar.close()
@@ -398,7 +404,7 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
 def _part(name: str, statuses: list[dict]) -> dict:
     """A shard's part record; ``bytes`` is filled in when the shard is written."""
     return {"shard": name, "bytes": 0,
-            "samples": [dict(s["index_row"], shard=name) for s in statuses if s["index_row"]],
+            "samples": [dict(r, shard=name) for s in statuses for r in s["index_rows"]],
             "failures": [s["failure"] for s in statuses if s["failure"]],
             # Where each clip was encoded (Ray node ids; clips recorded without a task have none).
             "nodes": dict(collections.Counter(s["node"] for s in statuses if s.get("node")))}
@@ -413,7 +419,7 @@ def _write_table(out: storage.Location, name: str, rows: list[dict], schema: pa.
 
 def _finalize(job: PreprocessJob, recipe: dict, started: float, parts: dict[str, dict], phases: Phases) -> Summary:
     samples = sorted((s for p in parts.values() for s in p["samples"]), key=lambda s: s["key"])
-    sampled = {s["key"] for s in samples}
+    sampled = _clips_stored(parts)
     # A row retried into a later shard leaves its earlier failure behind: the sample wins.
     failures = [f for p in parts.values() for f in p["failures"] if f["key"] not in sampled]
     failures = sorted({f["key"]: f for f in failures}.values(), key=lambda f: f["key"]) + job.source_failures
@@ -437,7 +443,8 @@ def _finalize(job: PreprocessJob, recipe: dict, started: float, parts: dict[str,
         "split": job.split,
         "recipe": recipe,
         "classes": [{"index": c.index, "mid": c.mid, "name": c.name} for c in job.classes],
-        "counts": {"rows": len(samples) + len(failures), "samples": len(samples), "failures": len(failures),
+        "counts": {"rows": len(sampled) + len(failures), "samples": len(samples), "clips": len(sampled),
+                   "failures": len(failures),
                    "by_reason": by_reason, "shards": len(shard_names),
                    "bytes": int(sum(s["bytes"] for s in samples))},
         "shards": [f"shards/{n}" for n in shard_names],
@@ -446,7 +453,8 @@ def _finalize(job: PreprocessJob, recipe: dict, started: float, parts: dict[str,
         "inputs": job.inputs,
     }
     storage.write_bytes(job.out.fs, job.out.join("dataset.json"), json.dumps(dataset, indent=2).encode())
-    return Summary(len(samples), len(failures), by_reason, len(shard_names), time.time() - started, phases)
+    return Summary(len(samples), len(sampled), len(failures), by_reason, len(shard_names), time.time() - started,
+                   phases)
 
 
 def run_preprocess(job: PreprocessJob) -> Summary:

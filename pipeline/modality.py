@@ -233,6 +233,24 @@ def clip_sample(key: str, clip: Any, modalities: Sequence[Modality], meta: dict)
     return Sample(key, meta, content)
 
 
+def window_starts(real_s: float, stored_s: float, modalities: Sequence[Modality], count: int | None,
+                  rng: np.random.Generator | None) -> list[float]:
+    """Start times (seconds) of ``count`` windows in a clip whose real content ends at ``real_s``
+    and whose stored content lasts ``stored_s``.
+
+    Random (``rng`` given) or evenly spaced from start to end (``rng`` None), on the coarsest
+    modality's grid of window starts, so every modality starts on a whole unit. A window may run
+    into padding only when the clip is shorter than a window.
+    """
+    step = max(m.step_s for m in modalities)
+    width = round(modalities[0].window_s / step)
+    last = min(max(0, math.floor(real_s / step + 1e-6) - width), math.floor(stored_s / step + 1e-6) - width)
+    if rng is not None:
+        return [int(rng.integers(0, last + 1)) * step for _ in range(count or 1)]
+    count = count or 1
+    return [(round(i * last / (count - 1)) if count > 1 else last // 2) * step for i in range(count)]
+
+
 def position_features(modalities: Sequence[Modality]) -> dict[str, np.ndarray]:
     """float32 (M_m, F_m) Fourier features per modality: the model's own function on the grid."""
     return {m.name: m.spec.position_features().numpy() for m in modalities}

@@ -34,6 +34,12 @@ class DataConfig:
     # decodes (padded and masked), so their mAP covers the whole list.
     min_seconds: float | None = None
     shard_size: int = 64  # clips per shard
+    # Training splits: store this many windows of each clip, each its own sample, instead of the whole
+    # segment (0), so that a training sample reads one window, not ten seconds (docs/shards.md). Their
+    # starts are drawn on the window grid from (window_seed, the clip's key): a new seed regenerates
+    # them. Evaluation splits always store whole segments, for their evenly spaced crops.
+    train_windows: int = 0
+    window_seed: int = 0
     # "shard": the trainer reads the features the shards carry, checks them against the model's own
     # fourier_features and feeds them to the model; "device": the model computes them (identical values).
     fourier_source: str = "shard"
@@ -53,7 +59,8 @@ def check_recipe(data: DataConfig, modalities: Sequence[Modality]) -> None:
     """The recipe rules the schema's types cannot express; ConfigError with the first broken one."""
     names = [m.name for m in modalities]
     checks = [(bool(names) and len(set(names)) == len(names), "inputs.modalities must name each modality once"),
-              (data.fourier_source in ("shard", "device"), "data.fourier_source must be 'shard' or 'device'")]
+              (data.fourier_source in ("shard", "device"), "data.fourier_source must be 'shard' or 'device'"),
+              (data.train_windows >= 0, "data.train_windows must be >= 0 (0: store whole segments)")]
     for m in modalities:
         checks += m.checks()
         checks.append((data.segment_seconds >= m.window_s - 1e-6,
@@ -69,7 +76,8 @@ def check_recipe(data: DataConfig, modalities: Sequence[Modality]) -> None:
 def recipe_record(data: DataConfig, modalities: Sequence[Modality]) -> dict:
     """The recipe as dataset.json records it and training compares it."""
     return {"segment_seconds": data.segment_seconds, **recipe_sections(data, modalities),
-            "fourier_source": data.fourier_source, "modalities": tags(modalities)}
+            "fourier_source": data.fourier_source, "modalities": tags(modalities),
+            "train_windows": data.train_windows, "window_seed": data.window_seed}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -86,12 +94,13 @@ def recipe_differences(held: dict, data: DataConfig, modalities: Sequence[Modali
     """(field, dataset's value, config's value) where the config's recipe differs from a recorded one.
 
     Fields marked ``training_may_differ`` (storage choices, the window length, which the grids pin
-    where it matters) and ``fourier_source`` are not compared. A field the record lacks (a dataset
+    where it matters), ``fourier_source`` and how training samples were stored (whole segments or
+    windows: the loader reads either) are not compared. A field the record lacks (a dataset
     written before the field existed) counts as holding its default.
     """
     want, have = _flatten(recipe_record(data, modalities)), _flatten(held)
     defaults = _flatten({m.name: asdict(type(m.recipe)()) for m in modalities})
     free = {f"{m.name}.{f.name}" for m in modalities for f in fields(m.recipe) if f.metadata.get("training_may_differ")}
-    free.add("fourier_source")
+    free.update(("fourier_source", "train_windows", "window_seed"))
     return [(key, have.get(key, defaults.get(key)), value) for key, value in want.items()
             if key not in free and have.get(key, defaults.get(key)) != value]

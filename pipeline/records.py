@@ -66,6 +66,10 @@ class IndexRow:
     labels: tuple[int, ...]
     bytes: int  # the sample's members in the shard
     source: str
+    # A stored window (data.train_windows): the key of the clip it was cut from, and its start in the
+    # clip (seconds); None for a whole segment.
+    clip: str | None = None
+    window_start: float | None = None
 
 
 def _arrow(hint: object) -> pa.DataType:
