@@ -20,6 +20,10 @@ def fit(cfg: Config, *, train: str, eval_: str | None, out: storage.Location, nu
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # On an object store Ray Train gets the store without folder markers (storage.without_folders) and
+    # a path in it; elsewhere the URI.
+    state = out.child("ray")
+    on_store = out.fs.type_name in storage.OBJECT_STORES
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "train": train, "eval": eval_, "out": out.uri},
@@ -27,9 +31,8 @@ def fit(cfg: Config, *, train: str, eval_: str | None, out: storage.Location, nu
                                      resources_per_worker=resources_per_worker),
         run_config=RunConfig(
             name="train",
-            # On an object store Ray Train gets it without folder markers (storage.without_folders).
-            storage_path=out.join("ray") if out.fs.type_name in storage.OBJECT_STORES else out.child("ray").uri,
-            storage_filesystem=storage.without_folders(out) if out.fs.type_name in storage.OBJECT_STORES else None,
+            storage_path=state.path if on_store else state.uri,
+            storage_filesystem=storage.without_folders(out) if on_store else None,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
