@@ -203,7 +203,9 @@ class DecodedClip:
                 return None, 0, 0
             at, size = round(start_s * rate), round(seconds * rate)
             lo, hi = min(max(first - at, 0), size), min(max(end - at, 0), size)
-            return (array[at:at + size].copy(), lo, hi) if hi > lo else (array[at:at + size].copy(), 0, 0)
+            if hi <= lo:  # none of the real content falls inside
+                lo = hi = 0
+            return array[at:at + size].copy(), lo, hi
 
         video, video_first, video_frames = cut(self.video, self.video_first, self.video_frames, fps)
         audio, audio_first, audio_samples = cut(self.audio, self.audio_first, self.audio_samples, sample_rate)

@@ -60,13 +60,12 @@ def encode_clip(row: ClipRow, options: EncodeOptions, tags: dict[str, dict] | No
     if seconds_present + 1e-6 < needed:
         return ClipResult(row.key, failure=failure_row(row, "decode", "too_short", (
             f"{row.path}: {seconds_present:.2f} s of media, a training clip needs {needed:.2f} s (data.min_seconds)")))
+    meta = {"ytid": row.ytid, "start_seconds": row.start, "end_seconds": row.end, "labels": list(row.labels),
+            "source": row.source, "modalities": tags if tags is not None else modality.tags(mods)}
     result = ClipResult(row.key)
     for key, start, part in _stored(row, clip, options):
-        meta = {"ytid": row.ytid, "start_seconds": row.start, "end_seconds": row.end, "labels": list(row.labels),
-                "source": row.source, "modalities": tags if tags is not None else modality.tags(mods)}
-        if start is not None:
-            meta.update(clip=row.key, window_start=start)
-        sample = clip_sample(key, part, mods, meta)
+        window = {} if start is None else {"clip": row.key, "window_start": start}
+        sample = clip_sample(key, part, mods, {**meta, **window})
         members = shards.sample_members(sample)
         index_row = as_dict(IndexRow(key=key, ytid=row.ytid, start=row.start, end=row.end, shard="", labels=row.labels,
                                      bytes=sum(len(b) for _, b in members), source=row.source,

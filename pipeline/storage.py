@@ -211,11 +211,9 @@ class _WithoutFolders(pafs.FileSystemHandler):
     def __reduce__(self):  # Ray pickles the run's storage to its controller and workers
         return _WithoutFolders, (self.fs,)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _WithoutFolders) and self.fs.equals(other.fs)
-
-    def equals(self, other: object) -> bool:
-        return self == other
+    def equals(self, other: pafs.FileSystem) -> bool:  # ``other``: the PyFileSystem around a handler
+        handler = getattr(other, "handler", None)
+        return isinstance(handler, _WithoutFolders) and self.fs.equals(handler.fs)
 
     def get_type_name(self) -> str:
         return f"{self.fs.type_name}-without-folders"
