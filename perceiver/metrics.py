@@ -13,8 +13,7 @@ import math
 from typing import TypedDict
 
 import numpy as np
-from scipy.stats import norm
-from sklearn.metrics import average_precision_score, roc_auc_score
+import torch
 
 
 class MultilabelMetrics(TypedDict):
@@ -30,7 +29,7 @@ class MultilabelMetrics(TypedDict):
 
 def d_prime(auc: float) -> float:
     """Sensitivity index of a ROC-AUC, assuming equal-variance Gaussian score distributions."""
-    return math.sqrt(2.0) * float(norm.ppf(auc))
+    return math.sqrt(2.0) * float(torch.special.ndtri(torch.tensor(auc, dtype=torch.float64)))
 
 
 def multilabel_metrics(scores: np.ndarray, targets: np.ndarray) -> MultilabelMetrics:
@@ -42,6 +41,10 @@ def multilabel_metrics(scores: np.ndarray, targets: np.ndarray) -> MultilabelMet
     ROC-AUC additionally needs a negative, so ``mean_auc`` averages only the
     classes that have both.
     """
+    # Imported here: scikit-learn takes about a second to import, which every Ray Train worker and job
+    # driver would pay at start-up although only evaluation scores.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets)
     if scores.ndim != 2 or scores.shape != targets.shape:

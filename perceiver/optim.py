@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.optim import Lamb
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
@@ -30,6 +29,10 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
     gradient-norm clipping is off: the training loop clips once, at
     ``train.grad_clip``, where the config says. Empty groups are left out.
     """
+    # Imported here: timm loads its model zoo and torchvision (about 2.5 s), which the job's driver,
+    # importing this module with the worker loop, has no use for.
+    from timm.optim import Lamb
+
     decay: list[torch.Tensor] = []
     no_decay: list[torch.Tensor] = []
     for name, param in model.named_parameters():

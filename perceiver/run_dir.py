@@ -21,7 +21,6 @@ import reprlib
 import tempfile
 import time
 
-from perceiver import plots
 from perceiver.classifier import AVClassifier
 from perceiver.config import Config, to_dict
 from perceiver.evaluation import modality_sets
@@ -136,6 +135,8 @@ def finish(model: AVClassifier, info: DatasetInfo, result: dict | None, *, cfg: 
         storage.write_bytes(out.fs, out.join("eval.json"), json.dumps(result, indent=2).encode())
         say("final eval: " + " ".join(f"{n} mAP={result[n]['mAP']:.3f}" for n in sets))
     log.close()
+    from perceiver import plots  # matplotlib: a second of import that only the run's end needs
+
     with storage.local_folder(out.child("plots")) as plot_dir:
         plots.plot_curves(log.records, f"{plot_dir}/loss.png", ys=("loss",), title="training loss")
         plots.plot_curves(log.records, f"{plot_dir}/map.png", ys=("eval_mAP", *(f"eval_{n}_mAP" for n in sets[1:])),

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from pipeline import storage
@@ -232,7 +231,7 @@ class EncodedFrames:
         does not decode or has another size is zeros and False, as a missing stream would be."""
         count, per = len(self.frames) // self.shape[0], self.shape[0]
         try:  # one batched call on CPU and CUDA alike (nvJPEG on a GPU)
-            images = decode_jpeg(self.frames, mode=ImageReadMode.RGB, device=device)
+            images = _decode_jpeg(self.frames, device)
         except RuntimeError:
             images = [_decode_or_none(f, device) for f in self.frames]
         out = torch.zeros((count, *self.shape), dtype=torch.uint8, device=device)
@@ -247,9 +246,17 @@ class EncodedFrames:
         return out, ok.to(device)
 
 
+def _decode_jpeg(frames, device):
+    """torchvision's decoder (a list of frames, or one), imported here: importing torchvision takes about
+    2 s (it loads its model zoo), which every process that reads shards would pay; only JPEG windows need it."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(frames, mode=ImageReadMode.RGB, device=device)
+
+
 def _decode_or_none(frame, device):
     try:
-        return decode_jpeg(frame, mode=ImageReadMode.RGB, device=device)
+        return _decode_jpeg(frame, device)
     except RuntimeError:
         return None
 
