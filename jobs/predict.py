@@ -38,7 +38,7 @@ from perceiver import timeline  # noqa: E402
 from perceiver.classifier import AVClassifier  # noqa: E402
 from perceiver.clips import check_usable, clip_batch, clip_scores, read_clip  # noqa: E402
 from perceiver.config import Config  # noqa: E402
-from perceiver.plots import plot_timeline  # noqa: E402
+from perceiver.plots import save, timeline_figure  # noqa: E402
 from perceiver.saved import load_model  # noqa: E402
 from pipeline import storage  # noqa: E402
 from pipeline.decode import DecodeError  # noqa: E402
@@ -146,10 +146,11 @@ def write_timeline(result: timeline.Timeline, classes: list[dict], prefix: Path,
               "notes": notes, "classes": [{k: c[k] for k in ("index", "mid", "name")} for c in classes],
               "windows": windows}
     Path(out["json"]).write_text(json.dumps(record, indent=1))
-    plot_timeline(result.starts, result.scores, names, out["png"], window_s=plan.window_s, hop_s=plan.hop_s,
-                  spectrogram=result.spectrogram, spectrogram_hop_s=result.spectrogram_hop_s, top=top_k,
-                  title=f"{Path(plan.path).name}: top {min(top_k, len(names))} classes, a window of "
-                        f"{plan.window_s:g} s every {plan.hop_s:g} s" + "".join(f"; {n}" for n in notes))
+    title = (f"{Path(plan.path).name}: top {min(top_k, len(names))} classes, a window of {plan.window_s:g} s every "
+             f"{plan.hop_s:g} s" + "".join(f"; {n}" for n in notes))
+    save(timeline_figure(result.starts, result.scores, names, window_s=plan.window_s, hop_s=plan.hop_s,
+                         spectrogram=result.spectrogram, spectrogram_hop_s=result.spectrogram_hop_s, top=top_k,
+                         title=title), out["png"])
     return out
 
 

@@ -33,7 +33,7 @@ from perceiver.clips import (  # noqa: E402
     read_stored_sample,
 )
 from perceiver.loader import window_starts  # noqa: E402
-from perceiver.plots import plot_attention_audio, plot_attention_video  # noqa: E402
+from perceiver.plots import audio_attention_figure, save, video_attention_figure  # noqa: E402
 from perceiver.saved import load_model  # noqa: E402
 from pipeline.dataset import DatasetMismatchError, check_compatible, open_dataset  # noqa: E402
 from pipeline.decode import DecodeError  # noqa: E402
@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out) / f"attention_block{b}_{modality}.png"
             if isinstance(kinds[modality], Video):  # the map over the frames; a signal's trace or spectrogram otherwise
                 frames, times = video_view(kinds[modality], window, start_s)
-                print(plot_attention_video(min_max(grid), frames, out, times=times, title=title))
+                print(save(video_attention_figure(min_max(grid), frames, times=times, title=title), out))
             else:
-                print(plot_attention_audio(min_max(grid), window, out, title=title))
+                print(save(audio_attention_figure(min_max(grid), window, title=title), out))
     return 0
 
 

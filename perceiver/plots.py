@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 _DPI = 100
 
 
-def _save(fig: Figure, out_png: str | os.PathLike[str]) -> Path:
+def save(fig: Figure, out_png: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` to ``out_png`` (its folder made if need be) at the module's resolution; the path."""
     path = Path(out_png)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=_DPI)
@@ -47,7 +48,14 @@ def curves_figure(
     ys: Sequence[str] = ("loss",),
     title: str | None = None,
 ) -> Figure:
-    """The figure of :func:`plot_curves`."""
+    """One line per key in ``ys`` against ``x`` over a list of metric records.
+
+    Records are the rows of a training log, where evaluation keys (for example
+    ``"eval_mAP"``) appear only on some steps, so a record lacking ``x`` or a
+    given y key is skipped for that line rather than treated as an error. A line
+    of ``SMOOTH_FROM`` points or more is drawn faint, under the running mean of
+    one twentieth of its points; shorter ones are drawn point by point.
+    """
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     plotted = 0
@@ -76,33 +84,13 @@ def curves_figure(
     return fig
 
 
-def plot_curves(
-    metrics: Sequence[Mapping[str, Any]],
-    out_png: str | os.PathLike[str],
-    *,
-    x: str = "step",
-    ys: Sequence[str] = ("loss",),
-    title: str | None = None,
-) -> Path:
-    """One line per key in ``ys`` against ``x`` over a list of metric records.
-
-    Records are the rows of a training log, where evaluation keys (for example
-    ``"eval_mAP"``) appear only on some steps, so a record lacking ``x`` or a
-    given y key is skipped for that line rather than treated as an error. A line
-    of ``SMOOTH_FROM`` points or more is drawn faint, under the running mean of
-    one twentieth of its points; shorter ones are drawn point by point.
-    """
-    return _save(curves_figure(metrics, x=x, ys=ys, title=title), out_png)
-
-
-def plot_per_class_ap(
+def per_class_ap_figure(
     per_class_ap: Sequence[float | None],
     class_names: Sequence[str],
-    out_png: str | os.PathLike[str],
     *,
     title: str | None = None,
     top: int = 40,
-) -> Path:
+) -> Figure:
     """Horizontal bars of per-class AP, best first.
 
     With many classes (AudioSet has 527) one bar per class is unreadable, so
@@ -150,7 +138,7 @@ def plot_per_class_ap(
         title = f"Per-class AP ({len(scored)} classes scored"
         title += f", {missing} without positives not shown)" if missing else ")"
     ax.set_title(title)
-    return _save(fig, out_png)
+    return fig
 
 
 # The colour map of attention, and how much of a pixel the colour takes where attention is highest:
@@ -185,7 +173,16 @@ def video_attention_figure(
     times: Sequence[float] | None = None,
     title: str | None = None,
 ) -> Figure:
-    """The figure of :func:`plot_attention_video`: one column per patch-time step, left to right."""
+    """Video frames, one per patch-time step, above the same frames with their attention painted over them.
+
+    ``attn`` is ``(T', H', W')`` attention over the video patch grid and
+    ``frames`` the ``(F, H, W, 3)`` uint8 window the model saw, ``times`` the
+    frames' times in the clip (seconds) for the panel titles. Patch-time step
+    ``t`` covers frames ``[t F / T', (t + 1) F / T')``; its middle frame is
+    shown, one column per step, left to right. All panels share one colour scale,
+    from ``attn``'s minimum (the frame alone) to its maximum, so attention is
+    comparable across time.
+    """
     attn = np.asarray(attn, dtype=np.float64)
     frames = np.asarray(frames)
     if attn.ndim != 3:
@@ -219,33 +216,7 @@ def video_attention_figure(
     return fig
 
 
-def plot_attention_video(
-    attn: np.ndarray,
-    frames: np.ndarray,
-    out_png: str | os.PathLike[str],
-    *,
-    times: Sequence[float] | None = None,
-    title: str | None = None,
-) -> Path:
-    """Video frames, one per patch-time step, above the same frames with their attention painted over them.
-
-    ``attn`` is ``(T', H', W')`` attention over the video patch grid and
-    ``frames`` the ``(F, H, W, 3)`` uint8 window the model saw, ``times`` the
-    frames' times in the clip (seconds) for the panel titles. Patch-time step
-    ``t`` covers frames ``[t F / T', (t + 1) F / T')``; its middle frame is
-    shown. All panels share one colour scale, from ``attn``'s minimum (the
-    frame alone) to its maximum, so attention is comparable across time.
-    """
-    return _save(video_attention_figure(attn, frames, times=times, title=title), out_png)
-
-
-def plot_attention_audio(
-    attn: np.ndarray,
-    signal: np.ndarray,
-    out_png: str | os.PathLike[str],
-    *,
-    title: str | None = None,
-) -> Path:
+def audio_attention_figure(attn: np.ndarray, signal: np.ndarray, *, title: str | None = None) -> Figure:
     """A waveform ``(S,)`` or spectrogram ``(F, n_mels)`` above its attention over time ``(T',)``.
 
     Attention step ``i`` is drawn over the span of the signal's time axis that
@@ -275,7 +246,7 @@ def plot_attention_audio(
     ax_attn.set_xlim(0, length)
     if title is not None:
         fig.suptitle(title)
-    return _save(fig, out_png)
+    return fig
 
 
 def timeline_figure(
@@ -290,7 +261,15 @@ def timeline_figure(
     top: int = 5,
     title: str | None = None,
 ) -> Figure:
-    """The figure of :func:`plot_timeline`."""
+    """Per-window class scores over a long file, above the spectrogram of its sound.
+
+    ``starts`` (W,) are the windows' starts (seconds), ``window_s`` long and ``hop_s`` apart, and
+    ``scores`` (W, C) their sigmoid scores. The ``top`` classes whose highest score is highest are
+    the rows of a heatmap on one colour scale, [0, 1], each window drawn over the middle ``hop_s`` of
+    its span, with a dot on each window's top class. Under it, on the same time axis, the
+    ``spectrogram`` (T, n_mels) (a column every ``spectrogram_hop_s`` seconds from 0, NaN columns
+    left blank), or "no sound" when it is None.
+    """
     starts, scores = np.asarray(starts, dtype=np.float64), np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(starts), len(class_names)) or not len(starts):
         raise ValueError(f"need (windows, classes) scores for {len(starts)} starts and {len(class_names)} "
@@ -328,30 +307,3 @@ def timeline_figure(
     ax_sound.set_xlabel("time in the file (s)")
     ax_scores.set_title(title if title is not None else f"top {len(rows)} classes, {len(starts)} windows")
     return fig
-
-
-def plot_timeline(
-    starts: np.ndarray,
-    scores: np.ndarray,
-    class_names: Sequence[str],
-    out_png: str | os.PathLike[str],
-    *,
-    window_s: float,
-    hop_s: float,
-    spectrogram: np.ndarray | None,
-    spectrogram_hop_s: float,
-    top: int = 5,
-    title: str | None = None,
-) -> Path:
-    """Per-window class scores over a long file, above the spectrogram of its sound.
-
-    ``starts`` (W,) are the windows' starts (seconds), ``window_s`` long and ``hop_s`` apart, and
-    ``scores`` (W, C) their sigmoid scores. The ``top`` classes whose highest score is highest are
-    the rows of a heatmap on one colour scale, [0, 1], each window drawn over the middle ``hop_s`` of
-    its span, with a dot on each window's top class. Under it, on the same time axis, the
-    ``spectrogram`` (T, n_mels) (a column every ``spectrogram_hop_s`` seconds from 0, NaN columns
-    left blank), or "no sound" when it is None.
-    """
-    return _save(timeline_figure(starts, scores, class_names, window_s=window_s, hop_s=hop_s,
-                                 spectrogram=spectrogram, spectrogram_hop_s=spectrogram_hop_s, top=top, title=title),
-                 out_png)

@@ -138,12 +138,12 @@ def finish(model: AVClassifier, info: DatasetInfo, result: dict | None, *, cfg: 
     from perceiver import plots  # matplotlib: a second of import that only the run's end needs
 
     with storage.local_folder(out.child("plots")) as plot_dir:
-        plots.plot_curves(log.records, f"{plot_dir}/loss.png", ys=("loss",), title="training loss")
-        plots.plot_curves(log.records, f"{plot_dir}/map.png", ys=("eval_mAP", *(f"eval_{n}_mAP" for n in sets[1:])),
-                          title="eval mAP")
+        plots.save(plots.curves_figure(log.records, ys=("loss",), title="training loss"), f"{plot_dir}/loss.png")
+        maps = ("eval_mAP", *(f"eval_{n}_mAP" for n in sets[1:]))
+        plots.save(plots.curves_figure(log.records, ys=maps, title="eval mAP"), f"{plot_dir}/map.png")
         if result is not None:
-            plots.plot_per_class_ap(result[sets[0]]["per_class_ap"], info.class_names,
-                                    f"{plot_dir}/per_class_ap.png", title=f"per-class AP ({sets[0]})")
+            plots.save(plots.per_class_ap_figure(result[sets[0]]["per_class_ap"], info.class_names,
+                                                 title=f"per-class AP ({sets[0]})"), f"{plot_dir}/per_class_ap.png")
     say(skipped_line(log.records))
 
 

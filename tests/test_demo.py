@@ -15,7 +15,7 @@ import pytest
 
 from jobs import demo
 from jobs.local_ray import JobFailed
-from perceiver.plots import curves_figure, plot_curves
+from perceiver.plots import curves_figure, save
 from pipeline.dataset import open_dataset
 from pipeline.shards import iter_samples
 from pipeline.synthetic import CLASSES
@@ -106,10 +106,10 @@ def test_the_demos_training_streams_its_progress_and_evaluates_along_the_way(e2e
     line = curves_figure(records, ys=ys).axes[0].get_lines()[0]
     np.testing.assert_array_equal(line.get_xdata(), [r["step"] for r in evals])
     np.testing.assert_array_equal(line.get_ydata(), [r["eval_mAP"] for r in evals])
-    drawn = plot_curves(records, tmp_path / "map.png", ys=ys, title="eval mAP")
+    drawn = save(curves_figure(records, ys=ys, title="eval mAP"), tmp_path / "map.png")
     np.testing.assert_array_equal(matplotlib.image.imread(e2e.run / "plots" / "map.png"),
                                   matplotlib.image.imread(drawn))
-    fewer = plot_curves(records[:-1], tmp_path / "fewer.png", ys=ys, title="eval mAP")
+    fewer = save(curves_figure(records[:-1], ys=ys, title="eval mAP"), tmp_path / "fewer.png")
     assert not np.array_equal(matplotlib.image.imread(fewer), matplotlib.image.imread(drawn))
 
 

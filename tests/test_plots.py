@@ -9,11 +9,10 @@ from perceiver.plots import (
     ATTENTION_CMAP,
     OVERLAY_OPACITY,
     attention_overlay,
+    audio_attention_figure,
     curves_figure,
-    plot_attention_audio,
-    plot_attention_video,
-    plot_curves,
-    plot_per_class_ap,
+    per_class_ap_figure,
+    save,
     video_attention_figure,
 )
 
@@ -29,12 +28,12 @@ def assert_valid_png(path: Path) -> np.ndarray:
     return pixels
 
 
-def test_plot_curves_skips_missing_keys(tmp_path: Path) -> None:
+def test_curves_skips_missing_keys(tmp_path: Path) -> None:
     records = [{"step": s, "loss": 1.0 / (s + 1)} for s in range(20)]
     for rec in records[::5]:
         rec["eval_mAP"] = rec["step"] / 20
     records.append({"epoch": 3})  # no x key at all
-    out = plot_curves(records, tmp_path / "sub" / "curves.png", ys=("loss", "eval_mAP", "absent"), title="t")
+    out = save(curves_figure(records, ys=("loss", "eval_mAP", "absent"), title="t"), tmp_path / "sub" / "curves.png")
     assert out == tmp_path / "sub" / "curves.png"
     assert_valid_png(out)
 
@@ -60,40 +59,40 @@ def test_a_per_step_curve_is_drawn_faint_under_its_running_mean() -> None:
     assert evals.get_marker() == "."
 
 
-def test_plot_curves_with_no_matching_records(tmp_path: Path) -> None:
-    assert_valid_png(plot_curves([{"step": 1}], tmp_path / "empty.png", ys=("eval_mAP",)))
+def test_curves_with_no_matching_records(tmp_path: Path) -> None:
+    assert_valid_png(save(curves_figure([{"step": 1}], ys=("eval_mAP",)), tmp_path / "empty.png"))
 
 
-def test_plot_per_class_ap_handles_none(tmp_path: Path) -> None:
+def test_per_class_ap_handles_none(tmp_path: Path) -> None:
     aps = [0.9, None, 0.1, 0.5, float("nan")]
     names = [f"class {i}" for i in range(5)]
-    assert_valid_png(plot_per_class_ap(aps, names, tmp_path / "ap.png"))
+    assert_valid_png(save(per_class_ap_figure(aps, names), tmp_path / "ap.png"))
 
 
-def test_plot_per_class_ap_many_classes_is_truncated(tmp_path: Path) -> None:
+def test_per_class_ap_many_classes_is_truncated(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     aps: list[float | None] = list(rng.random(527))
     aps[7] = None
     names = [f"class {i}" for i in range(527)]
-    pixels = assert_valid_png(plot_per_class_ap(aps, names, tmp_path / "ap.png", top=40))
+    pixels = assert_valid_png(save(per_class_ap_figure(aps, names, top=40), tmp_path / "ap.png"))
     # 40 best + gap row + 10 worst, at 0.22 in per row: far shorter than 527 rows would be.
     assert pixels.shape[0] < 100 * (1.5 + 0.22 * 60)
 
 
-def test_plot_per_class_ap_without_positives(tmp_path: Path) -> None:
-    assert_valid_png(plot_per_class_ap([None, None], ["a", "b"], tmp_path / "ap.png"))
+def test_per_class_ap_without_positives(tmp_path: Path) -> None:
+    assert_valid_png(save(per_class_ap_figure([None, None], ["a", "b"]), tmp_path / "ap.png"))
 
 
-def test_plot_per_class_ap_rejects_mismatched_names(tmp_path: Path) -> None:
+def test_per_class_ap_rejects_mismatched_names() -> None:
     with pytest.raises(ValueError):
-        plot_per_class_ap([0.5], ["a", "b"], tmp_path / "ap.png")
+        per_class_ap_figure([0.5], ["a", "b"])
 
 
-def test_plot_attention_video(tmp_path: Path) -> None:
+def test_attention_video(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     attn = rng.random((4, 7, 7))
     frames = rng.integers(0, 256, size=(8, 56, 56, 3), dtype=np.uint8)
-    assert_valid_png(plot_attention_video(attn, frames, tmp_path / "video.png", title="video"))
+    assert_valid_png(save(video_attention_figure(attn, frames, title="video"), tmp_path / "video.png"))
 
 
 def test_attention_overlay_keeps_the_frame_where_attention_is_zero_and_paints_where_it_is_high() -> None:
@@ -138,22 +137,22 @@ def test_the_video_picture_shows_the_frames_themselves_with_their_times() -> Non
         video_attention_figure(attn, frames, times=times[:3])
 
 
-def test_plot_attention_video_rejects_bad_shapes(tmp_path: Path) -> None:
+def test_attention_video_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError):
-        plot_attention_video(np.zeros((4, 7)), np.zeros((8, 56, 56, 3), np.uint8), tmp_path / "v.png")
+        video_attention_figure(np.zeros((4, 7)), np.zeros((8, 56, 56, 3), np.uint8))
     with pytest.raises(ValueError):
-        plot_attention_video(np.zeros((4, 7, 7)), np.zeros((8, 56, 56)), tmp_path / "v.png")
+        video_attention_figure(np.zeros((4, 7, 7)), np.zeros((8, 56, 56)))
 
 
 @pytest.mark.parametrize("signal_shape", [(4800,), (100, 64)])
-def test_plot_attention_audio(tmp_path: Path, signal_shape: tuple[int, ...]) -> None:
+def test_attention_audio(tmp_path: Path, signal_shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(0)
-    out = plot_attention_audio(rng.random(16), rng.standard_normal(signal_shape), tmp_path / "audio.png")
+    out = save(audio_attention_figure(rng.random(16), rng.standard_normal(signal_shape)), tmp_path / "audio.png")
     assert_valid_png(out)
 
 
-def test_plot_attention_audio_rejects_bad_shapes(tmp_path: Path) -> None:
+def test_attention_audio_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError):
-        plot_attention_audio(np.zeros((2, 8)), np.zeros(100), tmp_path / "a.png")
+        audio_attention_figure(np.zeros((2, 8)), np.zeros(100))
     with pytest.raises(ValueError):
-        plot_attention_audio(np.zeros(8), np.zeros((2, 3, 4)), tmp_path / "a.png")
+        audio_attention_figure(np.zeros(8), np.zeros((2, 3, 4)))
