@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train", required=True, help="training dataset directory or URI (with dataset.json)")
     p.add_argument("--eval", help="evaluation dataset directory or URI")
     p.add_argument("--out", required=True, help="run directory or URI; rerun with the same --out to resume")
-    p.add_argument("--num-workers", type=int, help="Ray Train workers (default: train.num_workers)")
+    p.add_argument("--num-workers", type=int,
+                   help="Ray Train workers (default: train.num_workers); 0 trains in this process (Ray Train's local mode)")
     p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker, bf16 autocast")
     p.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (data loading)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
