@@ -219,6 +219,10 @@ class EncodedFrames:
     frames: list  # windows x frames 1-D uint8 tensors, window-major
     shape: tuple[int, ...]  # one decoded window: (frames, height, width, 3)
 
+    def __len__(self) -> int:
+        """The number of windows, as ``len`` of a decoded batch's tensor gives it."""
+        return len(self.frames) // self.shape[0]
+
     def pin_memory(self) -> EncodedFrames:
         return EncodedFrames([f.pin_memory() for f in self.frames], self.shape)
 
@@ -229,7 +233,7 @@ class EncodedFrames:
     def decode(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 (windows, *shape) on ``device``, bool (windows,) decoded whole): a window whose frame
         does not decode or has another size is zeros and False, as a missing stream would be."""
-        count, per = len(self.frames) // self.shape[0], self.shape[0]
+        count, per = len(self), self.shape[0]
         try:  # one batched call on CPU and CUDA alike (nvJPEG on a GPU)
             images = _decode_jpeg(self.frames, device)
         except RuntimeError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pandas as pd
@@ -50,7 +51,10 @@ def test_shards_carry_the_models_fourier_features_once_per_shard(e2e):
             np.testing.assert_array_equal(feats[m.name], expected[m.name])
     sample = next(shards.iter_samples([str(e2e.train / dataset["shards"][0])]))
     assert set(sample.meta["modalities"]) == {"audio", "video"}
-    assert sample.content["video"].shape == (16, 32, 32, 3) and sample.content["audio"].shape == (200, 32)
+    # JPEG frames stored larger than the model's 32 px, for training's random resized crop.
+    with tarfile.open(e2e.train / dataset["shards"][0]) as tar:
+        assert f"{sample.key}.video.mjpeg" in tar.getnames()
+    assert sample.content["video"].shape == (16, 36, 36, 3) and sample.content["audio"].shape == (200, 32)
 
 
 def test_training_reaches_the_tiny_target_and_fuses_modalities(e2e):

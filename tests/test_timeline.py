@@ -132,7 +132,7 @@ def test_each_window_scores_as_the_model_scores_that_window_of_the_decoded_file(
     # The first chunk is the segment predict decodes: its windows must score alike there.
     first = read_clip(setup.files["av"], cfg.data, mods)
     offsets = [0.0, 0.5, 1.0]
-    expected = clip_scores(model, assemble([first] * 3, [[o] for o in offsets], mods, len(classes)))
+    expected = clip_scores(model, assemble([first] * 3, [[o] for o in offsets], mods, len(classes)).to(torch.device("cpu")))
     np.testing.assert_allclose(result.scores[:3], expected, atol=1e-6)
     assert result.spectrogram is not None and result.spectrogram.shape == (160, timeline.SPECTROGRAM_MELS)
 
@@ -211,6 +211,7 @@ load = predict.load_model
 
 def load_then_mark(path):
     loaded = load(path)
+    import torchvision.io  # code, not data: JPEG frames import it when first decoded (tens of MB of code objects)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     marks["baseline_kb"] = kb("VmRSS")
     tracemalloc.start()
