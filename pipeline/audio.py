@@ -106,14 +106,19 @@ class _Audio(Modality):
                         "samples": int(clip.audio.shape[0]), "shape": list(stored.shape), "dtype": str(stored.dtype)}
 
     def window(self, content: Content, meta: dict, start_s: float) -> np.ndarray:
+        """The window as stored (int16 samples, float16 log-mel frames), copied out of the clip: a shuffle
+        buffer holds half the bytes of model values, and not the clip; ``collate`` converts a batch."""
         first = round(start_s * self.recipe.sample_rate) // round(self.step_s * self.recipe.sample_rate)
-        audio = self.values(np.asarray(content[first:first + self.window_units]))
+        audio = np.array(content[first:first + self.window_units])
         if audio.shape[0] < self.window_units:  # a window at the very end of a padded clip
             pad = np.zeros((self.window_units - audio.shape[0], *audio.shape[1:]), audio.dtype)
             audio = np.concatenate([audio, pad])
         if audio.shape != self.window_shape:
             raise ValueError(f"audio window of shape {audio.shape}")
         return audio
+
+    def collate(self, windows: list) -> Tensor:
+        return torch.from_numpy(self.values(np.stack(windows)))
 
 
 @register
@@ -143,7 +148,9 @@ class RawAudio(_Audio):
         return np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
 
     def values(self, stored: np.ndarray) -> np.ndarray:
-        return stored.astype(np.float32) / 32767.0
+        values = stored.astype(np.float32)
+        values /= 32767.0  # in place: a batch's values once, not twice
+        return values
 
     def tokens(self, windows: Tensor) -> Tensor:
         return patchify_audio(windows, self.recipe.patch)

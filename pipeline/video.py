@@ -101,7 +101,7 @@ class Video(Modality):
     def blank(self) -> np.ndarray:
         return np.zeros(self.window_shape, np.uint8)
 
-    def window(self, content: Content, meta: dict, start_s: float) -> np.ndarray | list[bytes]:
+    def window(self, content: Content, meta: dict, start_s: float) -> np.ndarray | list[bytearray]:
         """The window's stored frames: uint8 (raw), or still JPEG (copied out of the clip's member, so a
         buffer that holds the window does not hold the clip); decoded on the device (``collate``)."""
         first = round(start_s * self.recipe.fps)
@@ -109,7 +109,7 @@ class Video(Modality):
         if isinstance(content, list):
             if len(frames) != self.recipe.num_frames:
                 raise ValueError(f"video window of {len(frames)} frames")
-            return [bytes(f) for f in frames]
+            return [bytearray(f) for f in frames]  # writable: collate wraps them as tensors without a copy
         video = np.asarray(frames)
         if video.shape != self.window_shape or video.dtype != np.uint8:
             raise ValueError(f"video window of shape {video.shape} {video.dtype}")
@@ -119,7 +119,7 @@ class Video(Modality):
         if not any(isinstance(w, list) for w in windows):
             return torch.from_numpy(np.stack(windows))
         # An absent window (an array of zeros) travels as frames that do not decode: absent on the device too.
-        frames = [torch.frombuffer(bytearray(f), dtype=torch.uint8) if f else torch.zeros(0, dtype=torch.uint8)
+        frames = [torch.frombuffer(f, dtype=torch.uint8) if f else torch.zeros(0, dtype=torch.uint8)
                   for w in windows for f in (w if isinstance(w, list) else [b""] * len(w))]
         return EncodedFrames(frames, self.window_shape)
 
