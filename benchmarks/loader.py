@@ -32,8 +32,10 @@ import dataclasses
 import io
 import json
 import math
+import os
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +68,8 @@ from benchmarks.common import (  # noqa: E402
 from perceiver.attention import CrossAttention, SelfAttention  # noqa: E402
 from perceiver.classifier import AVClassifier  # noqa: E402
 from perceiver.config import Config, DataConfig  # noqa: E402
-from perceiver.loader import Batch, TrainStream, assemble, crop_window, window_starts  # noqa: E402
+from perceiver.evaluation import score  # noqa: E402
+from perceiver.loader import Batch, TrainStream, assemble, crop_window, train_batches, window_starts  # noqa: E402
 from pipeline import modality, shards, storage  # noqa: E402
 from pipeline.dataset import DatasetInfo  # noqa: E402
 from pipeline.encode import EncodeOptions, encode_clip  # noqa: E402
@@ -391,6 +394,94 @@ def count_flops(cfg: Config, num_classes: int = AUDIOSET_CLASSES) -> Flops:
     return Flops(total, counted, bmm, analytic, sdpa_counted("cpu"), m, model.inputs.out_channels)
 
 
+# ---------------------------------------------------------------- host memory
+
+
+def resident() -> int:
+    """This process's resident set size in bytes (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak() -> None:
+    """Start this process's peak resident size (VmHWM) again from its current size (Linux clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak() -> int:
+    """This process's peak resident size in bytes since it started or ``reset_peak``."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+class MeteredStream(TrainStream):
+    """A TrainStream whose reader (each DataLoader process) records its resident size when it starts reading,
+    after its imports, and its peak from there to its last batch, as ``<pid>.json`` in ``report_dir``."""
+
+    def __init__(self, *args, report_dir: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.report_dir = report_dir
+
+    def __iter__(self):
+        reset_peak()
+        base = resident()
+        yield from super().__iter__()
+        Path(self.report_dir, f"{os.getpid()}.json").write_text(json.dumps(peak() - base))
+
+
+@dataclass
+class TrainMemory:
+    main: int  # the training worker's peak growth: it receives the batches
+    readers: list[int]  # each DataLoader process's peak growth above its start
+    batches: int
+
+
+def train_memory(info: DatasetInfo, mods: Sequence[Modality], cfg: Config, workers: int) -> TrainMemory:
+    """The training input path with ``workers`` DataLoader processes as a training worker runs it (``cfg``'s
+    shuffle buffer and batch size, 4 batches per process past a full buffer; frames left JPEG, as a GPU
+    node's loader leaves them for the device): the peak resident growth of each process."""
+    t = cfg.train
+    per_reader = math.ceil(t.shuffle_buffer / t.batch_size) + 4
+    # A shard per reader, as on a dataset of many shards: the one shard, listed once for each.
+    info = dataclasses.replace(info, shards=info.shards[:1] * workers)
+    with tempfile.TemporaryDirectory() as report_dir:
+        stream = MeteredStream(info, mods, batch_size=t.batch_size, seed=0, epoch=0, rank=0, world=1,
+                               steps=per_reader * workers, shuffle_buffer=t.shuffle_buffer, loader_workers=workers,
+                               report_dir=report_dir)
+        reset_peak()
+        base = resident()
+        batches = sum(1 for _ in train_batches(stream))
+        main = peak() - base
+        readers = [json.loads(p.read_text()) for p in Path(report_dir).glob("*.json")]
+    return TrainMemory(main, readers, batches)
+
+
+def eval_memory(cfg: Config, clips: ClipSet, mods: Sequence[Modality], root: Path) -> tuple[int, int]:
+    """(peak resident growth of a bare forward of one chunk, of evaluation scoring one full batch of clips):
+    ``batch_size`` whole segments of ``eval_crops`` windows each, assembled, then decoded and moved in chunks
+    of ``batch_size`` windows. The model is the audioset one with a small latent array (its input array,
+    what grows with the data, is the recipe's), which keeps the forward quick on a CPU; its own memory is
+    in both figures."""
+    t = cfg.train
+    small = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_latents=32, latent_dim=64, num_blocks=1,
+                                                               self_attends_per_block=1, qk_channels=64))
+    info = build_dataset(clips, dataclasses.replace(cfg.data, shard_size=t.batch_size, train_windows=0), mods, root)
+    model = AVClassifier(small, len(info.classes)).eval()
+    chunk = next(iter(TrainStream(info, mods, batch_size=t.batch_size, seed=0, epoch=0, rank=0, world=1, steps=1,
+                                  shuffle_buffer=1)))
+    reset_peak()
+    base = resident()
+    with torch.no_grad():
+        model(chunk.to(torch.device("cpu")))
+    forward = peak() - base
+    del chunk
+    reset_peak()
+    base = resident()
+    score(model, info, batch_size=t.batch_size, crops=t.eval_crops, device=torch.device("cpu"), sets=["audio+video"])
+    return forward, peak() - base
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -540,6 +631,27 @@ def main(argv: list[str] | None = None) -> int:
         "Pillow draft decodes at 1/2 scale in the DCT domain: only for a recipe that trains on 112 px frames",
         "GPU-node remedy, not measured here: torchvision.io.decode_jpeg(list, device='cuda') (nvJPEG) or "
         "NVIDIA DALI decode the window's JPEG frames on the GPU, leaving the CPU only tar reading and batching",
+    ])
+    workers = cfg.train.loader_workers
+    memory = {"whole segments": train_memory(info, mods, cfg, workers),
+              f"{stored_windows} stored windows per clip": train_memory(window_info, mods, cfg, workers)}
+    totals = {label: m.main + sum(m.readers) for label, m in memory.items()}
+    whole = totals["whole segments"]
+    table = [{"training shards": label, "training worker MB": f"{mb(m.main):.0f}",
+              f"{workers} DataLoader processes MB": " ".join(f"{mb(r):.0f}" for r in sorted(m.readers)),
+              "sum MB": f"{mb(totals[label]):.0f}", "vs whole": f"{totals[label] / whole:.2f}", "batches": m.batches}
+             for label, m in memory.items()]
+    summed = mb(totals[f"{stored_windows} stored windows per clip"])
+    forward, evaluation = eval_memory(cfg, clips, mods, work / "audioset-eval")
+    print_table(f"Host memory at the audioset recipe: peak resident growth, {workers} DataLoader processes", table, [
+        f"each process above its own size when it starts reading (after its imports); shuffle buffer "
+        f"{cfg.train.shuffle_buffer} windows per process, batches of {cfg.train.batch_size} with JPEG frames",
+        f"evaluation of {cfg.train.batch_size} whole segments x {cfg.train.eval_crops} crops, in chunks of "
+        f"{cfg.train.batch_size} windows: peak growth {mb(evaluation):.0f} MB against {mb(forward):.0f} MB for a bare "
+        f"forward of one chunk ({mb(evaluation - forward):+.0f} MB; small latent array, the recipe's input array)",
+        f"targets (issue 11): summed training growth <= 1 GB: {verdict(summed <= 1000)} ({summed:.0f} MB); "
+        f"evaluation <= 1 GB above the bare forward: {verdict(mb(evaluation - forward) <= 1000)} "
+        f"({mb(evaluation - forward):+.0f} MB)",
     ])
     return 0
 
