@@ -20,26 +20,28 @@ _START, _END = {"column": "start_seconds"}, {"column": "end_seconds"}
 
 
 @dataclass(frozen=True, slots=True)
-class ClipRow:
-    """One clip for the decode stage."""
+class _Segment:
+    """What every record names first: the clip's key and its stretch of the source video."""
 
     key: str  # make_key(ytid, start): the WebDataset sample key
     ytid: str
     start: float | None = field(metadata=_START)  # seconds into the source video; None when unknown
     end: float | None = field(metadata=_END)
+
+
+@dataclass(frozen=True, slots=True)
+class ClipRow(_Segment):
+    """One clip for the decode stage."""
+
     labels: tuple[int, ...]  # class indices, sorted, unique
     path: str | None  # media file; None until resolve_media
     source: str  # "file.csv:LINE"
 
 
 @dataclass(frozen=True, slots=True)
-class RowFailure:
+class RowFailure(_Segment):
     """A row that did not become a sample, with the stage and reason."""
 
-    key: str
-    ytid: str
-    start: float | None = field(metadata=_START)
-    end: float | None = field(metadata=_END)
     stage: str  # "source", "decode", "worker"
     # Reason code: "malformed_row", "duplicate", "unknown_label:<label>", "no_labels", "missing_file",
     # "too_short", "timeout", "unsupported_codec:<codec>", ... (pipeline.decode.DecodeError).
@@ -55,13 +57,9 @@ class RowFailure:
 
 
 @dataclass(frozen=True, slots=True)
-class IndexRow:
+class IndexRow(_Segment):
     """A stored sample; ``index.parquet`` adds ``has_<name>`` and ``<name>_<unit>`` per modality."""
 
-    key: str
-    ytid: str
-    start: float | None = field(metadata=_START)
-    end: float | None = field(metadata=_END)
     shard: str
     labels: tuple[int, ...]
     bytes: int  # the sample's members in the shard
