@@ -179,9 +179,11 @@ def driver(argv: Sequence[str]) -> int:
     rows, failures = read_segments([args.segments], classes)
     resolved, missing = resolve_media(rows, args.media_dir)
     by_key = {r.key: r for r in resolved}
+    rows = [by_key.get(r.key, r) for r in rows]
+    del resolved, by_key  # as jobs/preprocess.py does
     out = storage.locate(args.out)
     job = PreprocessJob(
-        out=out, rows=[by_key.get(r.key, r) for r in rows], missing={f.key: as_dict(f) for f in missing},
+        out=out, rows=rows, missing={f.key: as_dict(f) for f in missing},
         source_failures=[as_dict(f) for f in failures], classes=classes,
         options=EncodeOptions(cfg.data, tuple(modalities_of(cfg.data, cfg.inputs.modalities)), decoder=fixed_clip),
         retry_failed=args.retry_failed, inputs={"segments": [args.segments]},
