@@ -67,8 +67,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+        # Each rank its own copy, not checkpoint.as_directory(): the download directory it shares between
+        # ranks on one host is deleted by the first rank done with it, under a rank still reading it.
+        with tempfile.TemporaryDirectory() as d:
+            state = torch.load(os.path.join(checkpoint.to_directory(d), STATE_FILE), map_location=device,
+                               weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
