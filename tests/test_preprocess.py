@@ -40,9 +40,12 @@ def test_killed_runs_resume_to_the_clean_result(ray_cluster, micro_data, tmp_pat
         env = dict(ray_cluster.env, PERCEIVER_AV_FAULT=f"kill_driver_after_shards={after}")
         killed = subprocess.run(_args(micro_data.data, out), env=env, capture_output=True, text=True, timeout=300)
         assert killed.returncode == -signal.SIGKILL
-        assert len(list((out / "_parts").iterdir())) == after
+        # Writer tasks run on their own: another may finish its shard before the driver, killed as it hears
+        # of the after-th, hears of it. So at least `after` are finished, and the run never finalized.
+        done = len(list((out / "_parts").iterdir()))
+        assert done >= after and not (out / "dataset.json").exists()
         resumed = ray_cluster.run(*_args(micro_data.data, out))
-        assert f"{after} already complete, {3 - after} to do" in resumed.stdout
+        assert f"{done} already complete, {3 - done} to do" in resumed.stdout
         assert _snapshot(out) == clean
     # And a kill at a moment nobody chose.
     out = tmp_path / "killed-random"
