@@ -258,10 +258,10 @@ class _Finished:
         """Every index row, in the order the shards finished."""
         return pa.concat_tables([*self._tables, pa.Table.from_pylist(self._rows, schema=self.schema)])
 
-    def unresolved(self, samples: pa.Table) -> list[dict]:
-        """The failures whose clip did not become a sample later: a retry that stores it wins."""
+    def unresolved(self, clips: pa.Array) -> list[dict]:
+        """The failures whose clip is not among ``clips`` (``_clips_of``): a retry that stores it wins."""
         failed = pa.array([f["key"] for f in self.failures], pa.string())
-        stored = pc.is_in(failed, value_set=_clips_of(samples)).to_pylist()
+        stored = pc.is_in(failed, value_set=clips).to_pylist()
         return [f for f, s in zip(self.failures, stored, strict=True) if not s]
 
 
@@ -302,7 +302,7 @@ def _retry_plan(job: PreprocessJob, finished: _Finished, planned: list[str]) -> 
     """Rows that failed in a clip stage (or whose media was missing) become new shards, named by
     a round no earlier plan used (a killed retry may have planned names it never wrote)."""
     by_key = {r.key: r for r in job.rows}
-    failed = {f["key"] for f in finished.unresolved(finished.samples())}
+    failed = {f["key"] for f in finished.unresolved(_clips_of(finished.samples()))}
     retried = [by_key[k] for k in sorted(failed) if k in by_key and k not in job.missing]
     used = [int(n.split("-retry")[1].split("-")[0]) for n in planned if f"{job.split}-retry" in n]
     round_ = 1 + max(used, default=0)
@@ -468,8 +468,9 @@ def _write_table(out: storage.Location, name: str, table: pa.Table, order: pa.Ar
 
 def _finalize(job: PreprocessJob, recipe: dict, started: float, finished: _Finished, phases: Phases) -> Summary:
     samples = finished.samples()
+    clips = len(stored := _clips_of(samples))
     # A row retried into a later shard leaves its earlier failure behind: the sample wins.
-    failures = sorted({f["key"]: f for f in finished.unresolved(samples)}.values(), key=lambda f: f["key"])
+    failures = sorted({f["key"]: f for f in finished.unresolved(stored)}.values(), key=lambda f: f["key"])
     failures += job.source_failures
     with phases("index"):
         _write_table(job.out, "index.parquet", samples, pc.sort_indices(samples, [("key", "ascending")]))
@@ -480,7 +481,6 @@ def _finalize(job: PreprocessJob, recipe: dict, started: float, finished: _Finis
     for path in storage.list_files(job.out.fs, job.out.join("shards"), ".tar"):
         if path.rsplit("/", 1)[1] not in kept:  # written by a run killed before its part record
             storage.remove(job.out.fs, path)
-    clips = len(_clips_of(samples))
     dataset = {
         "schema_version": shards.SCHEMA_VERSION,
         "decoder_version": DECODER_VERSION,
