@@ -220,7 +220,7 @@ def assemble_rate(samples: Sequence[shards.Sample], mods: Sequence[Modality], ba
         picks = [samples[int(i)] for i in rng.integers(0, len(samples), batch_size)]
         batch = assemble(picks, [[s] for s in draw_starts(picks, mods, int(rng.integers(1 << 30)))], mods,
                          num_classes)
-        return batch_size, float(sum(sum(f.nbytes for f in t.frames) if isinstance(t, shards.EncodedFrames)
+        return batch_size, float(sum(t.data.nbytes if isinstance(t, shards.EncodedFrames)
                                      else t.nbytes for t in batch.content.values()))
 
     return measure(step, min_cpu)
@@ -373,7 +373,7 @@ def count_flops(cfg: Config, num_classes: int = AUDIOSET_CLASSES) -> Flops:
     """
     # Built on the CPU (its Fourier position buffers are made there), then moved to meta.
     model = AVClassifier(cfg, num_classes).train().to("meta")
-    dtypes = {m.name: torch.from_numpy(m.blank()).dtype for m in model.modalities}  # uint8 video, float32 audio
+    dtypes = {m.name: torch.from_numpy(m.blank()).dtype for m in model.modalities}  # as batches hold them
     with torch.device("meta"):
         batch = Batch(content={m.name: torch.zeros(1, *m.window_shape, dtype=dtypes[m.name]) for m in model.modalities},
                       present={m.name: torch.ones(1, dtype=torch.bool) for m in model.modalities},

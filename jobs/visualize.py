@@ -117,15 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     kinds = {m.name: m for m in model.modalities}
     for b in blocks:
         for modality, grid in grids[b].items():
-            # From the batch on the device: JPEG frames are decoded there.
-            window = batch.content[modality][0].cpu().numpy()
+            # From the batch on the device: JPEG frames are decoded there, stored audio becomes its values.
+            kind, window = kinds[modality], batch.content[modality][:1]
+            window = (window if isinstance(kind, Video) else kind.prepare(window))[0].cpu().numpy()
             # Scaled per map: a map's pattern lives in small differences between near-uniform weights
             # (the audio plot's axis starts at 0 and would flatten them); the raw range goes in the title.
             title = (f"{name}: block {b} cross-attention on {modality} ({LATENT_TITLES[args.latent]})\n"
                      f"{grid.sum():.0%} of all attention; scaled to [0, 1] from [{grid.min():.2g}, {grid.max():.2g}]")
             out = Path(args.out) / f"attention_block{b}_{modality}.png"
-            if isinstance(kinds[modality], Video):  # the map over the frames; a signal's trace or spectrogram otherwise
-                frames, times = video_view(kinds[modality], window, start_s)
+            if isinstance(kind, Video):  # the map over the frames; a signal's trace or spectrogram otherwise
+                frames, times = video_view(kind, window, start_s)
                 print(save(video_attention_figure(min_max(grid), frames, times=times, title=title), out))
             else:
                 print(save(audio_attention_figure(min_max(grid), window, title=title), out))

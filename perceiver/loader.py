@@ -292,18 +292,24 @@ class TrainStream(IterableDataset):
                 return
             # Skips read since this sub-stream's previous batch go with this one; a skipped batch's
             # belong to steps a resumed run has recorded already.
-            read = stats.take()
+            read, cuts, pending = stats.take(), pending, []
             if batch_index >= self.skip:  # skipped batches are read, never collated
-                yield dataclasses.replace(collate(pending, self.modalities, len(self.info.classes)), read=read)
-            pending = []
+                batch = dataclasses.replace(collate(cuts, self.modalities, len(self.info.classes)), read=read)
+                # Neither the cut windows nor a batch handed on stay referenced here while the next one is built.
+                del cuts
+                yield batch
+                del batch
             batch_index += self.subs
 
 
 def train_batches(stream: TrainStream) -> Iterator[Batch]:
     if stream.subs == 1:
         return iter(stream)
+    # Batches in flight: subs x prefetch_factor. With 4 or more processes one each already leaves subs - 1
+    # batches ready while one is built, and each more would hold another batch of every process in memory.
     return iter(DataLoader(stream, batch_size=None, num_workers=stream.subs, pin_memory=torch.cuda.is_available(),
-                           multiprocessing_context="forkserver", persistent_workers=False))
+                           prefetch_factor=1 if stream.subs >= 4 else 2, multiprocessing_context="forkserver",
+                           persistent_workers=False))
 
 
 def eval_batches(info: DatasetInfo, modalities: Sequence[Modality], *, batch_size: int, crops: int,

@@ -81,8 +81,8 @@ def log_mel(wave: np.ndarray, audio: AudioRecipe) -> np.ndarray:
 class _Audio(Modality):
     """What both representations share: the decoded mono stream, its true length, the checks.
 
-    Each sets ``store`` (a whole segment of mono float audio in [-1, 1] -> what a shard stores) and
-    ``values`` (stored audio -> float32 model values).
+    Each sets ``dtype`` (what a shard stores), ``store`` (a whole segment of mono float audio in [-1, 1] ->
+    what a shard stores) and ``values`` (stored audio -> float32 model values, on the device).
     """
 
     tag_id, streams, unit, Recipe = 0, ("audio",), "samples", AudioRecipe
@@ -107,9 +107,9 @@ class _Audio(Modality):
 
     def window(self, content: Content, meta: dict, start_s: float) -> np.ndarray:
         """The window as stored (int16 samples, float16 log-mel frames), copied out of the clip: a shuffle
-        buffer holds half the bytes of model values, and not the clip; ``collate`` converts a batch."""
+        buffer holds half the bytes of model values, and not the clip; ``prepare`` converts a batch."""
         first = round(start_s * self.recipe.sample_rate) // round(self.step_s * self.recipe.sample_rate)
-        audio = np.array(content[first:first + self.window_units])
+        audio = np.array(content[first:first + self.window_units], self.dtype)
         if audio.shape[0] < self.window_units:  # a window at the very end of a padded clip
             pad = np.zeros((self.window_units - audio.shape[0], *audio.shape[1:]), audio.dtype)
             audio = np.concatenate([audio, pad])
@@ -117,15 +117,15 @@ class _Audio(Modality):
             raise ValueError(f"audio window of shape {audio.shape}")
         return audio
 
-    def collate(self, windows: list) -> Tensor:
-        return torch.from_numpy(self.values(np.stack(windows)))
+    def prepare(self, windows: Tensor, *, generator: torch.Generator | None = None, augment=None) -> Tensor:
+        return self.values(windows)
 
 
 @register
 class RawAudio(_Audio):
     """The waveform: int16 stored, float in [-1, 1] in the model, ``patch`` samples per token."""
 
-    kind = "raw_audio"
+    kind, dtype = "raw_audio", np.int16
 
     @property
     def step_s(self) -> float:
@@ -145,12 +145,10 @@ class RawAudio(_Audio):
         return ModalitySpec(self.name, a.patch, (a.num_samples // a.patch,), a.num_bands)
 
     def store(self, wave: np.ndarray) -> np.ndarray:
-        return np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
+        return np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(self.dtype)
 
-    def values(self, stored: np.ndarray) -> np.ndarray:
-        values = stored.astype(np.float32)
-        values /= 32767.0  # in place: a batch's values once, not twice
-        return values
+    def values(self, stored: Tensor) -> Tensor:
+        return stored.float() / 32767.0
 
     def tokens(self, windows: Tensor) -> Tensor:
         return patchify_audio(windows, self.recipe.patch)
@@ -160,7 +158,7 @@ class RawAudio(_Audio):
 class LogMelAudio(_Audio):
     """The log-mel spectrogram: float16 (frames, n_mels) stored, ``patch`` frames per token."""
 
-    kind = "logmel_audio"
+    kind, dtype = "logmel_audio", np.float16
 
     @property
     def step_s(self) -> float:
@@ -182,18 +180,19 @@ class LogMelAudio(_Audio):
         return ModalitySpec(self.name, a.patch * a.n_mels, (self.window_units // a.patch,), a.num_bands)
 
     def store(self, wave: np.ndarray) -> np.ndarray:
-        return log_mel(wave, self.recipe).astype(np.float16)
+        return log_mel(wave, self.recipe).astype(self.dtype)
 
-    def values(self, stored: np.ndarray) -> np.ndarray:
-        return stored.astype(np.float32)
+    def values(self, stored: Tensor) -> Tensor:
+        return stored.float()
 
     def prepare(self, windows: Tensor, *, generator: torch.Generator | None = None, augment=None) -> Tensor:
         """SpecAugment in training: ``spec_time_masks`` masks of up to ``spec_time_width`` frames and
         ``spec_freq_masks`` of up to ``spec_freq_width`` mel bins per example, set to the mean level (0 once
         normalised in ``tokens``)."""
+        x = self.values(windows)
         if augment is None or not (augment.spec_time_masks or augment.spec_freq_masks):
-            return windows
-        x, (b, frames, mels) = windows.clone(), windows.shape
+            return x
+        b, frames, mels = x.shape
         for dim, count, width, size in ((1, augment.spec_time_masks, augment.spec_time_width, frames),
                                         (2, augment.spec_freq_masks, augment.spec_freq_width, mels)):
             for _ in range(count):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipeline import batch_memory
 from pipeline.fourier import fourier_features
 from pipeline.shards import Sample
 
@@ -90,6 +91,9 @@ class Modality:
     unit: ClassVar[str]  # what its lengths count ("frames", "samples"): meta["<name>_<unit>"]
     Recipe: ClassVar[type]
     dropout: ClassVar[bool] = False  # whether whole-modality dropout (the paper's video dropout) applies
+    # What a window holds from the shard to the device (``prepare`` turns it into model values there):
+    # batches in the loader's buffers and queues, and copies to the device, stay as small as stored.
+    dtype: ClassVar[type] = np.float32
 
     def __init__(self, name: str, recipe: Any, data: Any):
         self.name, self.recipe, self.data = name, recipe, data
@@ -139,11 +143,11 @@ class Modality:
 
     def blank(self) -> np.ndarray:
         """An absent window: what a missing or damaged modality becomes (its tokens are zeroed anyway)."""
-        return np.zeros(self.window_shape, np.float32)
+        return np.zeros(self.window_shape, self.dtype)
 
     def collate(self, windows: list) -> Any:
         """A batch's windows as the loader hands them on: one host tensor, or what ``Batch.to`` decodes."""
-        return torch.from_numpy(np.stack(windows))
+        return batch_memory.stack(windows)
 
     def prepare(self, windows: Tensor, *, generator: torch.Generator | None = None, augment: Any = None) -> Tensor:
         """The batch's windows on the device made ready for ``tokens``: the model's size and values, and,

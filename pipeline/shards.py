@@ -32,6 +32,7 @@ fit) carry fixed mtime/owner so a rerun writes byte-identical shards.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import re
@@ -44,7 +45,7 @@ import torch
 from PIL import Image
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
-from pipeline import storage
+from pipeline import batch_memory, storage
 
 # 2: a clip's JPEG frames in one .mjpeg member (1 had one .jpg member per frame: 250 tar headers
 # per 10 s clip, and tar parsing cost more than decoding the frames a window uses).
@@ -214,30 +215,49 @@ def decode_jpeg_frames(frames: Sequence[bytes | memoryview]) -> np.ndarray:
 @dataclass
 class EncodedFrames:
     """A batch of windows whose frames are still JPEG, as the loader hands them to the training step:
-    decoding there, in batches on the worker's device, is what lets a GPU node keep up."""
+    decoding there, in batches on the worker's device, is what lets a GPU node keep up.
 
-    frames: list  # windows x frames 1-D uint8 tensors, window-major
+    The frames lie end to end in one buffer, so a batch crosses the DataLoader's process boundary and
+    is pinned as one tensor, not one per frame."""
+
+    data: torch.Tensor  # uint8 (total bytes,): every frame's JPEG, window-major
+    offsets: torch.Tensor  # int64 (windows x frames + 1,): frame i is data[offsets[i]:offsets[i + 1]]
     shape: tuple[int, ...]  # one decoded window: (frames, height, width, 3)
+
+    @classmethod
+    def join(cls, windows: Sequence[Sequence[bytes]], shape: tuple[int, ...]) -> EncodedFrames:
+        """One batch from each window's frames (``shape[0]`` JPEGs each; an empty one does not decode)."""
+        frames = [f for w in windows for f in w]
+        offsets = np.zeros(len(frames) + 1, np.int64)
+        np.cumsum([len(f) for f in frames], out=offsets[1:])
+        data = batch_memory.concatenate([np.frombuffer(f, np.uint8) for f in frames], np.uint8)
+        return cls(data, torch.from_numpy(offsets), shape)
+
+    @property
+    def frames(self) -> list[torch.Tensor]:
+        """Each frame's JPEG as a 1-D uint8 view of ``data``."""
+        at = self.offsets.tolist()
+        return [self.data[a:b] for a, b in itertools.pairwise(at)]
 
     def __len__(self) -> int:
         """The number of windows, as ``len`` of a decoded batch's tensor gives it."""
-        return len(self.frames) // self.shape[0]
+        return (len(self.offsets) - 1) // self.shape[0]
 
     def pin_memory(self) -> EncodedFrames:
-        return EncodedFrames([f.pin_memory() for f in self.frames], self.shape)
+        return EncodedFrames(self.data.pin_memory(), self.offsets, self.shape)
 
     def windows(self, start: int, stop: int) -> EncodedFrames:
-        per = self.shape[0]
-        return EncodedFrames(self.frames[start * per:stop * per], self.shape)
+        offsets = self.offsets[start * self.shape[0]:stop * self.shape[0] + 1]
+        return EncodedFrames(self.data[int(offsets[0]):int(offsets[-1])], offsets - offsets[0], self.shape)
 
     def decode(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 (windows, *shape) on ``device``, bool (windows,) decoded whole): a window whose frame
         does not decode or has another size is zeros and False, as a missing stream would be."""
-        count, per = len(self), self.shape[0]
+        count, per, frames = len(self), self.shape[0], self.frames
         try:  # one batched call on CPU and CUDA alike (nvJPEG on a GPU)
-            images = _decode_jpeg(self.frames, device)
+            images = _decode_jpeg(frames, device)
         except RuntimeError:
-            images = [_decode_or_none(f, device) for f in self.frames]
+            images = [_decode_or_none(f, device) for f in frames]
         out = torch.zeros((count, *self.shape), dtype=torch.uint8, device=device)
         ok = torch.zeros(count, dtype=torch.bool)
         for w in range(count):
@@ -265,11 +285,13 @@ def _decode_or_none(frame, device):
         return None
 
 
-def _members(path: str, stats: ReadStats, max_member_bytes: int) -> Iterator[dict]:
+def _members(path: str, stats: ReadStats, max_member_bytes: int, *, fourier: bool = False) -> Iterator[dict]:
     """Tar members as webdataset's ``{"fname", "data", "__url__"}`` dicts, then an EOF marker.
 
     Streams are opened through pyarrow.fs (never webdataset's gopen, which runs ``pipe:``
-    URLs as shell commands). Members are screened by name and size before they are read.
+    URLs as shell commands). Members are screened by name and size before they are read. The
+    ``__fourier__`` entry's members are read only with ``fourier``: a sample reader passes over
+    them (5 MB at the audioset recipe) without holding them in memory.
     """
     loc = storage.locate(path)
     try:
@@ -284,7 +306,8 @@ def _members(path: str, stats: ReadStats, max_member_bytes: int) -> Iterator[dic
                     stats.refused_members.append(f"{path}:{info.name} ({why})")
                     log.warning("refused member %s in %s: %s", info.name, storage.shown(path), why)
                     continue
-                yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": path}
+                if key != FOURIER_KEY or fourier:
+                    yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": path}
     except (tarfile.TarError, OSError, EOFError) as err:
         stats.bad_shards.append(path)
         log.warning("skipping the rest of corrupt shard %s: %s", storage.shown(path), err)
@@ -340,8 +363,6 @@ def iter_samples(
             yield from _members(path, stats, max_member_bytes)
 
     for raw in group_by_keys(members(), handler=_warn_and_continue):
-        if raw["__key__"] == FOURIER_KEY:
-            continue
         sample = _decode(raw, stats, decode_frames)
         if sample is not None:
             stats.samples += 1
@@ -357,7 +378,7 @@ def read_fourier(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     """The shard's ``__fourier__`` entry: (modality tags by name, float32 features by name)."""
     stats = ReadStats()
     entry: dict[str, bytes] = {}
-    for member in _members(path, stats, MAX_MEMBER_BYTES):
+    for member in _members(path, stats, MAX_MEMBER_BYTES, fourier=True):
         if not member or base_plus_ext(member["fname"])[0] != FOURIER_KEY:
             break
         entry[base_plus_ext(member["fname"])[1]] = member["data"]

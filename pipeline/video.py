@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline import batch_memory
 from pipeline.modality import TRAINING_MAY_DIFFER, Content, Modality, ModalitySpec, register
 from pipeline.shards import EncodedFrames, encode_jpeg_frames
 
@@ -57,6 +58,7 @@ class Video(Modality):
     """Frames at ``fps``, ``size`` x ``size`` RGB; tokens are (pt, ph, pw) patches scaled to [-1, 1]."""
 
     kind, tag_id, streams, unit, Recipe, dropout = "video", 1, ("video",), "frames", VideoRecipe, True
+    dtype = np.uint8
 
     @property
     def step_s(self) -> float:
@@ -98,10 +100,7 @@ class Video(Modality):
     def window_shape(self) -> tuple[int, ...]:
         return (self.recipe.num_frames, self.stored, self.stored, 3)
 
-    def blank(self) -> np.ndarray:
-        return np.zeros(self.window_shape, np.uint8)
-
-    def window(self, content: Content, meta: dict, start_s: float) -> np.ndarray | list[bytearray]:
+    def window(self, content: Content, meta: dict, start_s: float) -> np.ndarray | list[bytes]:
         """The window's stored frames: uint8 (raw), or still JPEG (copied out of the clip's member, so a
         buffer that holds the window does not hold the clip); decoded on the device (``collate``)."""
         first = round(start_s * self.recipe.fps)
@@ -109,19 +108,17 @@ class Video(Modality):
         if isinstance(content, list):
             if len(frames) != self.recipe.num_frames:
                 raise ValueError(f"video window of {len(frames)} frames")
-            return [bytearray(f) for f in frames]  # writable: collate wraps them as tensors without a copy
+            return [bytes(f) for f in frames]
         video = np.asarray(frames)
-        if video.shape != self.window_shape or video.dtype != np.uint8:
+        if video.shape != self.window_shape or video.dtype != self.dtype:
             raise ValueError(f"video window of shape {video.shape} {video.dtype}")
         return video
 
     def collate(self, windows: list) -> Tensor | EncodedFrames:
         if not any(isinstance(w, list) for w in windows):
-            return torch.from_numpy(np.stack(windows))
+            return batch_memory.stack(windows)
         # An absent window (an array of zeros) travels as frames that do not decode: absent on the device too.
-        frames = [torch.frombuffer(f, dtype=torch.uint8) if f else torch.zeros(0, dtype=torch.uint8)
-                  for w in windows for f in (w if isinstance(w, list) else [b""] * len(w))]
-        return EncodedFrames(frames, self.window_shape)
+        return EncodedFrames.join([w if isinstance(w, list) else [b""] * len(w) for w in windows], self.window_shape)
 
     def prepare(self, windows: Tensor, *, generator: torch.Generator | None = None, augment=None) -> Tensor:
         """uint8 (B, F, stored, stored, 3) -> float (B, F, size, size, 3) in [-1, 1].

@@ -11,6 +11,7 @@ import torch
 
 from perceiver.config import load_config
 from perceiver.loader import TrainStream, eval_batches, rank_shards, train_batches
+from pipeline import batch_memory
 from pipeline.dataset import DatasetMismatchError, check_compatible, open_dataset
 from pipeline.recipe import modalities_of
 from tests.test_sampler import TINY, write_dataset
@@ -34,7 +35,7 @@ def _stream(info, cfg, rank: int, world: int = 2, epoch: int = 0, steps: int = 5
 
 
 def _fingerprint(batches) -> list[tuple]:
-    return [(round(float(b.content["audio"].sum()), 3), int(b.content["video"].float().sum()),
+    return [(round(float(b.content["audio"].float().sum()), 3), int(b.content["video"].float().sum()),
              tuple(b.labels.argmax(1).tolist()))
             for b in batches]
 
@@ -79,7 +80,23 @@ def test_batches_hold_windows_of_the_recipe(info, cfg):
     batch = next(iter(_stream(info, cfg, 0)))
     assert batch.content["video"].shape == (4, 8, 32, 32, 3) and batch.content["video"].dtype == torch.uint8
     assert batch.content["audio"].shape == (4, 100, 32) and batch.labels.shape == (4, 8)
+    assert batch.content["audio"].dtype == torch.float16  # log-mel as stored: made float32 on the device
     assert batch.present["audio"].all() and batch.present["video"].all()
+    audio = next(m for m in modalities_of(cfg.data, cfg.inputs.modalities) if m.name == "audio")
+    assert audio.prepare(batch.content["audio"]).dtype == torch.float32
+
+
+class _Allocations(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield torch.tensor([batch_memory.stack([np.zeros(3, np.int16)] * 2).is_shared(),
+                            batch_memory.concatenate([np.zeros(5, np.uint8)], np.uint8).is_shared()])
+
+
+def test_batches_are_built_in_shared_memory_only_inside_worker_processes():
+    # Sent from a worker, a batch built in shared memory is not copied into it once more.
+    (in_worker,) = list(torch.utils.data.DataLoader(_Allocations(), batch_size=None, num_workers=1))
+    assert in_worker.tolist() == [True, True]
+    assert next(iter(_Allocations())).tolist() == [False, False]
 
 
 def test_eval_batches_cover_every_clip_once_with_crops(micro_data, cfg):
