@@ -177,16 +177,16 @@ class SelfAttention(nn.Module):
         return latents + self.mlp(latents)
 
 
-def attention_kernels(perceiver: nn.Module, num_tokens: int, dtype: torch.dtype, device: str = "cuda") -> str:
-    """One line: which fused SDPA kernels accept each attention kind's shapes (unmasked) on ``device``.
+def attention_kernels(perceiver: nn.Module, num_tokens: int, dtype: torch.dtype,
+                      device: str | torch.device = "cuda") -> str:
+    """One line: each attention kind's shape and, on a CUDA ``device``, which fused SDPA kernels accept it
+    (unmasked).
 
     The cross-attend's single head is as wide as the input array when folded (487 -> 488 in the
     paper's audioset config): past the flash kernel's head-size limit, so it gets another.
     """
     from torch.backends import cuda as sdpa
 
-    if torch.device(device).type != "cuda":
-        return "attention kernels: the CPU's scaled_dot_product_attention"
     c = perceiver.config
     cross = perceiver.cross_attends[0].attention
     qk = c.qk_channels if c.qk_channels is not None else min(c.input_channels, c.latent_dim)
@@ -197,9 +197,12 @@ def attention_kernels(perceiver: nn.Module, num_tokens: int, dtype: torch.dtype,
               ("cuDNN", sdpa.can_use_cudnn_attention))
     parts = []
     for name, (heads, queries, keys, width) in kinds.items():
-        q = torch.empty(1, heads, queries, width, device=device, dtype=dtype)
-        kv = torch.empty(1, heads, keys, width, device=device, dtype=dtype)
-        params = sdpa.SDPAParams(q, kv, kv, None, 0.0, False, False)
-        fused = [kernel for kernel, accepts in checks if accepts(params, False)]
-        parts.append(f"{name} (heads {heads}, head dim {width}): {', '.join(fused) or 'math only'}")
+        if torch.device(device).type == "cuda":
+            q = torch.empty(1, heads, queries, width, device=device, dtype=dtype)
+            kv = torch.empty(1, heads, keys, width, device=device, dtype=dtype)
+            params = sdpa.SDPAParams(q, kv, kv, None, 0.0, False, False)
+            kernels = ", ".join(kernel for kernel, accepts in checks if accepts(params, False)) or "math only"
+        else:
+            kernels = f"the {torch.device(device).type} scaled_dot_product_attention"
+        parts.append(f"{name} (heads {heads}, head dim {width}): {kernels}")
     return "attention kernels: " + "; ".join(parts)

@@ -79,8 +79,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         step = int(state["step"])
     nodes = _gathered(ray.get_runtime_context().get_node_id(), world)  # where each rank runs, for events.jsonl
     if rank == 0:
+        # Built on every device, so that CPU runs check this call too; said where it names GPU kernels.
+        kernels = attention_kernels(model.perceiver, model.inputs.num_tokens, torch.bfloat16, device)
         if device.type == "cuda":
-            say(attention_kernels(model, torch.bfloat16))
+            say(kernels)
         record_event(out, "resumed" if step else "started", step, nodes)
         if step:
             say(f"resuming from the checkpoint at step {step}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from perceiver.attention import attention_kernels
 from perceiver.classifier import AVClassifier
 from perceiver.config import ConfigError, load_config
 
@@ -22,6 +24,11 @@ def test_audioset_config_is_the_papers_av_recipe():
     assert cfg.inputs.video_dropout == 0.3
     model = AVClassifier(cfg, num_classes=527)
     assert model.inputs.num_tokens == 13024 and model.inputs.out_channels == 487
+    # What the training job's rank 0 says on a GPU, built here as it builds it: the folded cross-attend's
+    # one head is the input array's 487 channels rounded up to a multiple of 8.
+    kernels = attention_kernels(model.perceiver, model.inputs.num_tokens, torch.bfloat16, torch.device("cpu"))
+    assert kernels == ("attention kernels: cross-attend (heads 1, head dim 488): the cpu scaled_dot_product_attention; "
+                       "latent self-attend (heads 8, head dim 64): the cpu scaled_dot_product_attention")
 
 
 @pytest.mark.parametrize("overrides, message", [
