@@ -315,12 +315,8 @@ def train_batches(stream: TrainStream) -> Iterator[Batch]:
 def eval_batches(info: DatasetInfo, modalities: Sequence[Modality], *, batch_size: int, crops: int,
                  stats: shards.ReadStats | None = None) -> Iterator[Batch]:
     """Every sample once, in shard order, with ``crops`` evenly spaced windows each."""
-    pending: list[shards.Sample] = []
     samples = shards.iter_samples(info.shards, decode_frames=False, stats=stats)
-    for sample in itertools.chain(samples, [None]):
-        if sample is not None:
-            pending.append(sample)
-        if pending and (len(pending) == batch_size or sample is None):
-            yield assemble(pending, [window_starts(s.meta, modalities, crops, None) for s in pending], modalities,
-                           len(info.classes))
-            pending = []
+    while pending := list(itertools.islice(samples, batch_size)):
+        yield assemble(pending, [window_starts(s.meta, modalities, crops, None) for s in pending], modalities,
+                       len(info.classes))
+        del pending  # not held while the next batch is read

@@ -69,11 +69,8 @@ def multilabel_metrics(scores: np.ndarray, targets: np.ndarray) -> MultilabelMet
     else:
         m_ap = math.nan
 
-    if has_both.any():
-        auc = np.atleast_1d(roc_auc_score(targets[:, has_both], scores[:, has_both], average=None))
-        mean_auc = float(auc.mean())
-    else:
-        mean_auc = math.nan
+    mean_auc = (float(np.mean(roc_auc_score(targets[:, has_both], scores[:, has_both], average=None)))
+                if has_both.any() else math.nan)
 
     return MultilabelMetrics(
         mAP=m_ap,

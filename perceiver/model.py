@@ -32,12 +32,8 @@ class Perceiver(nn.Module):
             return CrossAttention(d, c, qk_channels, config.cross_heads, config.cross_widening)
 
         def latent_transformer() -> nn.Sequential:
-            return nn.Sequential(
-                *(
-                    SelfAttention(d, config.self_heads, config.self_widening)
-                    for _ in range(config.self_attends_per_block)
-                )
-            )
+            return nn.Sequential(*(SelfAttention(d, config.self_heads, config.self_widening)
+                                   for _ in range(config.self_attends_per_block)))
 
         # Block i uses cross_attends[i] then latent_transformers[i]. With share_weights (the
         # paper's ImageNet scheme) an entry repeated below is the same module object, so its

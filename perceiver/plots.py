@@ -110,11 +110,9 @@ def per_class_ap_figure(
     missing = len(per_class_ap) - len(scored)
     worst = top // 4
     omitted = len(scored) - top - worst
-    if omitted > 0:
-        # None marks the gap row between the best and the worst classes.
-        rows: list[tuple[float, str] | None] = [*scored[:top], None, *scored[len(scored) - worst:]]
-    else:
-        rows = list(scored)
+    # None marks the gap row between the best and the worst classes.
+    rows: list[tuple[float, str] | None] = (
+        [*scored[:top], None, *scored[len(scored) - worst:]] if omitted > 0 else list(scored))
 
     fig = Figure(figsize=(8, 1.5 + 0.22 * max(len(rows), 1)), layout="constrained")
     ax = fig.add_subplot()

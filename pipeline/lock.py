@@ -48,7 +48,6 @@ class RunLock:
         self.record = {"run_id": uuid.uuid4().hex[:12], "job": job, "host": socket.gethostname(),
                        "pid": os.getpid(), "started": time.time()}
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _holder(self) -> dict | None:
         """The lock's record; None without a lock file; {"heartbeat": mtime} if it cannot be read
@@ -98,8 +97,7 @@ class RunLock:
                     self._refuse({"job": "run", "run_id": "starting now", **holder})
         self._write()
         _HELD.add(self.record["run_id"])
-        self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True).start()
         return self
 
     def _beat(self) -> None:

@@ -72,10 +72,8 @@ def read_manifest(path: PathLike, classes: Sequence[LabelClass]) -> tuple[list[C
         if record is None:
             out.fail("", None, None, "malformed_row", "the row does not have one field per header column", source)
             continue
-        media = record.get("path")
-        key = record.get("key")
-        media = media.strip() if isinstance(media, str) else ""
-        key = key.strip() if isinstance(key, str) else ""
+        media, key = (v.strip() if isinstance(v, str) else ""
+                      for v in (record.get("path"), record.get("key")))
         ytid = key or os.path.splitext(media.rsplit("/", 1)[-1])[0]
         try:
             start, end = times(record.get("start"), record.get("end"))

@@ -6,6 +6,7 @@ files already trimmed to their segment; seeking into full-length videos is the d
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -82,12 +83,7 @@ def resolve_media(
         except (KeyError, IndexError, ValueError, AttributeError) as err:
             allowed = ", ".join("{" + field + "}" for field in PATTERN_FIELDS)
             raise SourceError(f"media pattern {pattern!r} is invalid ({err!r}): use only {allowed}") from None
-    listings: dict[str, frozenset[str]] = {}
-
-    def names_in(directory: str) -> frozenset[str]:
-        if directory not in listings:
-            listings[directory] = _list_dir(directory)
-        return listings[directory]
+    names_in = functools.cache(_list_dir)  # each folder listed once per call
 
     stems: dict[str, str] | None = None
     found: list[ClipRow] = []

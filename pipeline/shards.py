@@ -127,7 +127,6 @@ def write_shard(
 
     Returns the shard's size in bytes. The shard is visible under its name only when complete.
     """
-    size = 0
     with storage.atomic_output(location.fs, location.join(name)) as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:  # PAX: names past 100 bytes
             for members in [fourier, *samples]:
@@ -135,8 +134,7 @@ def write_shard(
                     info = tarfile.TarInfo(member_name)
                     info.size, info.mode, info.mtime = len(data), 0o644, 0
                     tar.addfile(info, io.BytesIO(data))
-        size = f.tell()
-    return size
+        return f.tell()  # the tar closed, before atomic_output moves it into place
 
 
 # ---------------------------------------------------------------- reading
@@ -199,11 +197,8 @@ def split_frames(stream: bytes, frame_bytes: Sequence[int], frames: int, name: s
     if len(frame_bytes) != frames or sum(frame_bytes) != len(stream) or min(frame_bytes, default=1) <= 0:
         raise ShardFormatError(f"{name}: the .mjpeg member holds {len(stream)} bytes, the JSON lists "
                                f"{len(frame_bytes)} frames of {sum(frame_bytes)} bytes for {frames} frames")
-    view, out, at = memoryview(stream), [], 0
-    for n in frame_bytes:
-        out.append(view[at:at + n])
-        at += n
-    return out
+    view = memoryview(stream)
+    return [view[a:b] for a, b in itertools.pairwise(itertools.accumulate(frame_bytes, initial=0))]
 
 
 def decode_jpeg_frames(frames: Sequence[bytes | memoryview]) -> np.ndarray:

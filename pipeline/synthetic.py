@@ -136,12 +136,10 @@ _PAINTERS: dict[int, Callable[[np.random.Generator, int, int], Painter]] = {
 }
 
 
-def _low_tone(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return 0.2 * np.sin(2 * np.pi * 250 * rng.uniform(0.95, 1.05) * t + rng.uniform(0, 2 * np.pi))
-
-
-def _high_tone(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return 0.15 * np.sin(2 * np.pi * 3500 * rng.uniform(0.95, 1.05) * t + rng.uniform(0, 2 * np.pi))
+def _tone(hz: float, amplitude: float) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+    """A sine near ``hz`` (within 5%) at a random phase."""
+    return lambda t, rng: amplitude * np.sin(2 * np.pi * hz * rng.uniform(0.95, 1.05) * t
+                                             + rng.uniform(0, 2 * np.pi))
 
 
 def _chirp(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -158,7 +156,7 @@ def _noise_bursts(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 _SOUNDS: dict[int, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
-    4: _low_tone, 5: _high_tone, 6: _chirp, 7: _noise_bursts,
+    4: _tone(250, 0.2), 5: _tone(3500, 0.15), 6: _chirp, 7: _noise_bursts,
 }
 
 
@@ -377,11 +375,8 @@ def write_multitrack_clip(path: str | Path, *, tracks: Sequence[Sequence[int]], 
                 for number, inp in enumerate(inputs):
                     for s in inp.streams:
                         mapping[number, s.index] = made = out.add_stream_from_template(s)
-                        if s.type == "audio":
-                            made.disposition = (av.stream.Disposition.default if number == default
-                                                else av.stream.Disposition(0))
-                        else:
-                            made.disposition = av.stream.Disposition.default
+                        on = s.type != "audio" or number == default  # video tracks and the chosen audio
+                        made.disposition = av.stream.Disposition.default if on else av.stream.Disposition(0)
                 for number, inp in enumerate(inputs):
                     for packet in inp.demux():
                         if packet.size:
