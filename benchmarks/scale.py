@@ -170,12 +170,17 @@ def driver(argv: Sequence[str]) -> int:
         profile.disable()
         profile.dump_stats(own.profile)
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    threads = Counter()  # CPU seconds by thread name: Python's main thread against Ray's own threads
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        name, fields = stat.read_text().rsplit(")", 1)
+        threads[name.split("(", 1)[1]] += sum(map(int, fields.split()[11:13])) / os.sysconf("SC_CLK_TCK")
     print(summary.line(), flush=True)
     print(json.dumps({"rows": len(job.rows), "summary": summary.line(), "shards": summary.shards,
                       "failed": summary.failed, "began": began, "sources_s": sourced - began,
                       "ended": time.time(), "cpu_s": _cpu_s(usage), "import_cpu_s": imported,
                       "maxrss_mb": usage.ru_maxrss / 1024, "seconds": summary.seconds,
-                      "wall": summary.phases.wall, "phase_cpu": summary.phases.cpu}), flush=True)
+                      "wall": summary.phases.wall, "phase_cpu": summary.phases.cpu,
+                      "threads": dict(threads.most_common())}), flush=True)
     return 0
 
 
@@ -285,7 +290,11 @@ def run_size(inputs: Inputs, server: S3Server, cluster, args: argparse.Namespace
                                     stderr=err, text=True, timeout=args.run_timeout)
         if result.returncode != 0:
             raise RuntimeError(f"the driver exited {result.returncode}; see {log}:\n{log.read_text()[-3000:]}")
-        records.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        # Ray forwards what worker processes print to the driver's stdout: the record is the last JSON line.
+        lines = result.stdout.splitlines()
+        with open(log, "a") as err:
+            err.write("".join(f"stdout: {line}\n" for line in lines))
+        records.append(json.loads(next(line for line in reversed(lines) if line.startswith('{"rows"'))))
         print(f"    {records[-1]['summary']}", flush=True)
     first, retry = records
     logged = logged_requests(server.log)
