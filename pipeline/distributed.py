@@ -3,8 +3,10 @@
 Why Ray tasks rather than Ray Data ``map_batches``: a decode can hang (decord loops forever on
 some files) and must be bounded per clip. A task can be cancelled with ``force=True``, which
 kills its worker process; a Ray Data block cannot be cut per clip, and Ray Data drops whole
-blocks on errors. Each clip is one task (``max_calls`` recycles workers, since decord leaks
-across readers); the driver holds only small status records and object references. When all
+blocks on errors. A task is a short run of one shard's clips (``data.clips_per_task``), so that
+Ray's cost per task in the driver is shared, and each clip is bounded on its own: the one a
+cancelled task hung on is recorded, the others run again (``max_calls`` recycles workers, since
+decord leaks across readers); the driver holds only small status records and object references. When all
 clips of a shard are in, one writer task streams their members into the shard, so bytes go
 worker -> object store -> writer -> storage, never through the driver.
 
@@ -40,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
+import ray.util.state
 from tqdm import tqdm
 
 from pipeline import faults, modality, records, shards, storage
@@ -79,8 +82,9 @@ class PreprocessJob:
     retry_failed: bool = False
     inputs: dict = field(default_factory=dict)  # how the job was called, for dataset.json
     task_cpus: float = 1.0  # CPUs a clip task reserves (below 1 where a stand-in decoder does no work)
-    # Clips a worker process encodes before Ray replaces it: decord leaks across readers. 0: never
-    # (a stand-in decoder that leaks nothing, where worker start-up would be most of the work).
+    # Clips a worker process encodes before Ray replaces it (rounded up to whole tasks): decord leaks
+    # across readers. 0: never (a stand-in decoder that leaks nothing, where worker start-up would be
+    # most of the work).
     task_calls: int = 100
 
 
@@ -121,26 +125,28 @@ class Summary:
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class _StartClock:
-    """When each clip task started running, on this actor's clock, for the decode timeout: it counts from
-    there, not from submission, so a task queued behind busy CPUs or waiting for a worker that is still
-    importing torch on a loaded node is never taken for a hung decode. The driver asks only about tasks
-    in flight for longer than the timeout, so a healthy run costs it nothing per clip (a streaming task
-    reporting its own start cost the driver 0.5-0.8 ms of CPU per clip: docs/performance.md)."""
+    """When each clip started encoding, on this actor's clock, and in which worker process, for the
+    decode timeout: it counts from there, not from its task's submission, so a task queued behind busy
+    CPUs or waiting for a worker that is still importing torch on a loaded node is never taken for a
+    hung decode. The worker tells a start left by an attempt whose worker died from the attempt Ray
+    retries (``_attempt_running``). The driver asks only about tasks in flight for longer than the
+    timeout, so a healthy run costs it nothing per clip (a streaming task reporting its own start cost
+    the driver 0.5-0.8 ms of CPU per clip: docs/performance.md)."""
 
     def __init__(self) -> None:
-        self._started: dict[str, float] = {}
+        self._started: dict[str, tuple[float, str]] = {}
 
-    def start(self, key: str) -> None:
-        self._started[key] = time.monotonic()  # a retried task starts again
+    def start(self, key: str, worker: str) -> None:
+        self._started[key] = time.monotonic(), worker  # a retried task starts again
 
     def forget(self, keys: list[str]) -> None:
         for key in keys:
             self._started.pop(key, None)
 
-    def running_for(self, keys: list[str]) -> list[float | None]:
-        """Seconds since each task started; None for one that has not started yet."""
+    def running_for(self, keys: list[str]) -> list[tuple[float, str] | None]:
+        """Seconds since each clip started, and the worker it started in; None for one not started yet."""
         now = time.monotonic()
-        return [now - self._started[k] if k in self._started else None for k in keys]
+        return [(now - self._started[k][0], self._started[k][1]) if k in self._started else None for k in keys]
 
 
 @functools.cache
@@ -150,7 +156,7 @@ def _start_clock(name: str) -> ray.actor.ActorHandle:
 
 def _report_start(clock: str, key: str) -> None:
     try:
-        _start_clock(clock).start.remote(key)  # not waited for
+        _start_clock(clock).start.remote(key, ray.get_runtime_context().get_worker_id())  # not waited for
     except ValueError:  # the clock is gone: the driver counts from submission then
         pass
 
@@ -164,19 +170,25 @@ class _Setup:
     clock: str  # the run's _StartClock, by name
 
 
-def _encode_task(row: ClipRow, setup: _Setup) -> tuple[dict, list]:
-    """One clip's status (for the driver) and shard members (for the writer), as two objects."""
-    _report_start(setup.clock, row.key)
-    faults.clip_task_started(row.key)
-    res = encode_clip(row, setup.options, setup.tags)
+def _encode_task(rows: list[ClipRow], setup: _Setup) -> tuple[list[dict], list[list]]:
+    """Each clip's status (for the driver) and shard members (for the writer), as two objects."""
     node = ray.get_runtime_context().get_node_id()
-    return {"key": res.key, "index_rows": res.index_rows, "failure": res.failure, "node": node}, res.members
+    statuses, members = [], []
+    for row in rows:
+        _report_start(setup.clock, row.key)
+        faults.clip_task_started(row.key)
+        res = encode_clip(row, setup.options, setup.tags)
+        statuses.append({"key": res.key, "index_rows": res.index_rows, "failure": res.failure, "node": node})
+        members.append(res.members)
+    return statuses, members
 
 
 @ray.remote(num_cpus=0, max_retries=3)
-def _write_task(out: storage.Location, part: dict, fourier: list, *samples: list) -> int:
-    """The shard (unless every clip of it failed), then its part record, which marks it finished."""
-    if samples:
+def _write_task(out: storage.Location, part: dict, fourier: list, picks: list[tuple[int, int]],
+                *batches: list[list]) -> int:
+    """The shard (unless every clip of it failed), then its part record, which marks it finished.
+    ``picks`` names each sample as (argument of ``batches``, clip within that task's members)."""
+    if samples := [batches[b][i] for b, i in picks]:
         part = dict(part, bytes=shards.write_shard(out.child("shards"), part["shard"], fourier, samples))
     storage.write_bytes(out.fs, _part_path(out, part["shard"]), json.dumps(part).encode())
     return part["bytes"]
@@ -309,8 +321,8 @@ def _retry_plan(job: PreprocessJob, finished: _Finished, planned: list[str]) -> 
     return plan_shards(retried, job.options.data.shard_size, f"{job.split}-retry{round_}")
 
 
-def _statuses(refs: list[ray.ObjectRef]) -> list[dict | ray.exceptions.RayError]:
-    """The status of each finished clip task, in one call unless one of them failed."""
+def _statuses(refs: list[ray.ObjectRef]) -> list[list[dict] | ray.exceptions.RayError]:
+    """The statuses of each finished clip task's clips, in one call unless one of the tasks failed."""
     try:
         return ray.get(refs)
     except ray.exceptions.RayError:
@@ -324,32 +336,75 @@ def _statuses(refs: list[ray.ObjectRef]) -> list[dict | ray.exceptions.RayError]
     return got
 
 
-def _running_for(clock: ray.actor.ActorHandle, keys: list[str], submitted: list[float]) -> list[float | None]:
-    """Seconds each task has been running, from the start clock; from its submission if the clock is gone."""
+def _running_for(clock: ray.actor.ActorHandle, keys: list[str]) -> list[tuple[float, str] | None] | None:
+    """Seconds each clip has been running and its worker (None: not started yet), from the start clock;
+    None if the clock is gone."""
     try:
         return ray.get(clock.running_for.remote(keys), timeout=60)
     except ray.exceptions.RayError as err:
         log.warning("the decode timeout's start clock did not answer (%s): counting from submission",
                     str(err).strip().splitlines()[-1])
-        now = time.monotonic()
-        return [now - t for t in submitted]
+        return None
+
+
+def _overdue(rows: list[ClipRow], started: list[tuple[float, str] | None] | None, since_submission: float,
+             timeout: float) -> tuple[bool, ClipRow | None, str | None]:
+    """Whether a clip task has run past ``timeout``, the clip it hangs on (the one it started last) and
+    the worker that started it, from each clip's (seconds running, worker) or None. Without the clock
+    (``started`` None) a task counts from its submission and only a one-clip task's culprit is known."""
+    if started is None:
+        return since_submission > timeout, rows[0] if len(rows) == 1 else None, None
+    begun = [(entry, row) for entry, row in zip(started, rows, strict=True) if entry is not None]
+    if not begun:
+        return False, None, None
+    (age, worker), row = min(begun, key=lambda b: b[0][0])
+    return age > timeout, row, worker
+
+
+def _attempt_running(ref: ray.ObjectRef, worker: str | None) -> bool:
+    """Whether the latest attempt of ``ref``'s task is running, in ``worker`` if one is named, from Ray's
+    state API. A worker that died mid-clip leaves that clip's start on the clock while Ray's retry waits
+    for a CPU or has not reached its first clip yet: such a task is not hung. True where the state API
+    cannot tell (no dashboard, the task's events dropped), so that a hung decode is never left running;
+    asked only of tasks already overdue on the clock."""
+    try:
+        attempts = ray.util.state.get_task(ref, timeout=10)
+    except Exception as err:  # any failure of this check must fall back to the clock, not stop the run
+        log.warning("Ray's state API did not answer (%s): trusting the start clock", str(err).strip()[:200])
+        return True
+    if not attempts:
+        return True
+    attempts = attempts if isinstance(attempts, list) else [attempts]
+    latest = max(attempts, key=lambda a: a.attempt_number)
+    return latest.state == "RUNNING" and worker in (None, latest.worker_id)
+
+
+def _tasks(plan: list[tuple[str, list[ClipRow]]], missing: dict, per_task: int) -> Iterator[tuple[str, list[ClipRow]]]:
+    """Each shard's clips with media, in runs of ``per_task``: a task never spans two shards."""
+    for name, rows in plan:
+        found = [r for r in rows if r.key not in missing]
+        for start in range(0, len(found), per_task):
+            yield name, found[start:start + per_task]
 
 
 def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: dict, finished: _Finished) -> None:
     """Run the pending shards of ``plan`` on the cluster, writing each shard and its part record
     (also added to ``finished``) and a bundle of every ``BUNDLE`` of them.
 
-    Per clip the driver submits a task and takes its small status; the rest is per wake-up (one
-    ``ray.wait`` returns up to ``WAIT_BATCH`` finished tasks) or per shard, and the look for hung
-    decodes visits only the tasks in flight for longer than the timeout.
+    A task encodes ``data.clips_per_task`` clips of one shard, so the driver's costs per task (its
+    submission, its status, Ray's messages about it) are shared by that many rows; the rest is per
+    wake-up (one ``ray.wait`` returns up to ``WAIT_BATCH`` finished tasks) or per shard, and the look for
+    hung decodes visits only the tasks in flight for longer than the timeout. A task cancelled on a hung
+    clip records that clip as a timeout and gives the others a new task; a task that keeps failing is
+    split into one task per clip, so that only the clip that fails it is recorded.
     """
     data = job.options.data
     fourier_ref = ray.put(shards.fourier_members(tags, modality.position_features(job.options.modalities)))
     in_flight_cap = data.max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    todo = collections.deque((name, row) for name, rows in plan for row in rows if row.key not in job.missing)
+    todo = collections.deque(_tasks(plan, job.missing, data.clips_per_task))
     results: dict[str, dict[str, tuple]] = {name: {} for name, _ in plan}
     expected = {name: [r.key for r in rows] for name, rows in plan}
-    running: dict[ray.ObjectRef, tuple] = {}  # status ref -> shard, row, members ref
+    running: dict[ray.ObjectRef, tuple] = {}  # status ref -> shard, rows, members ref
     by_age: collections.deque[tuple[float, ray.ObjectRef]] = collections.deque()  # (submitted, status ref), in order
     writers: dict[ray.ObjectRef, dict] = {}  # -> the shard's part record
     bundles: list[ray.ObjectRef] = []
@@ -358,30 +413,35 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
     clock = _StartClock.options(name=clock_name).remote()
     setup = ray.put(_Setup(job.options, tags, clock_name))
     # Made remote here: Ray takes max_calls only where a remote function is made, not in .options().
-    encode = ray.remote(num_returns=2, max_retries=3, num_cpus=job.task_cpus, max_calls=job.task_calls)(_encode_task)
+    encode = ray.remote(num_returns=2, max_retries=3, num_cpus=job.task_cpus,
+                        max_calls=-(-job.task_calls // data.clips_per_task))(_encode_task)
     written = 0
     next_scan = time.monotonic() + SCAN_S
-    bar = tqdm(total=len(todo), unit="clip", desc="preprocess", mininterval=2.0, smoothing=0.1)
+    bar = tqdm(total=sum(len(rows) for _, rows in todo), unit="clip", desc="preprocess", mininterval=2.0,
+               smoothing=0.1)
 
-    def finish_clip(name: str, key: str, status: dict, members_ref: ray.ObjectRef | None) -> None:
-        results[name][key] = (status, members_ref)
+    def finish_clip(name: str, key: str, status: dict, members_ref: ray.ObjectRef | None = None,
+                    position: int = 0) -> None:
+        results[name][key] = (status, members_ref, position)
         if len(results[name]) == len(expected[name]):
             shard = results.pop(name)
             ordered = [shard[k] for k in expected[name]]
-            part = _part(name, [st for st, _ in ordered])
-            writers[_write_task.remote(job.out, part, fourier_ref,
-                                       *[m for st, m in ordered if st["index_rows"]])] = part
+            part = _part(name, [st for st, _, _ in ordered])
+            stored = [(m, i) for st, m, i in ordered if st["index_rows"]]
+            batches = list(dict.fromkeys(m for m, _ in stored))  # each task's members once, in order
+            writers[_write_task.remote(job.out, part, fourier_ref, [(batches.index(m), i) for m, i in stored],
+                                       *batches)] = part
 
     for name, rows in plan:  # media never found: recorded without a task
         for r in rows:
             if r.key in job.missing:
-                finish_clip(name, r.key, {"key": r.key, "index_rows": [], "failure": job.missing[r.key]}, None)
+                finish_clip(name, r.key, {"key": r.key, "index_rows": [], "failure": job.missing[r.key]})
     while todo or running or writers:
         # Writers hold whole shards: when storage falls behind, stop decoding until it catches up.
         while todo and len(running) < in_flight_cap and len(writers) < in_flight_cap:
-            name, row = todo.popleft()
-            status_ref, members_ref = encode.remote(row, setup)
-            running[status_ref] = (name, row, members_ref)
+            name, rows = todo.popleft()
+            status_ref, members_ref = encode.remote(rows, setup)
+            running[status_ref] = (name, rows, members_ref)
             by_age.append((time.monotonic(), status_ref))
         waiting = [*running, *writers]
         ready, _ = ray.wait(waiting, num_returns=min(len(waiting), WAIT_BATCH), timeout=WAIT_S, fetch_local=False)
@@ -403,17 +463,22 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
                 written += 1
                 faults.driver_shard_written(written)
         heard = []  # keys the start clock can forget
-        for ref, status in zip(done, _statuses(done), strict=True):
-            name, row, members_ref = running.pop(ref)
-            heard.append(row.key)
-            if isinstance(status, ray.exceptions.RayError):
-                message = str(status).strip().splitlines()[-1][:300]
-                status, members_ref = {"key": row.key, "index_rows": [], "failure": failure_row(
-                    row, "worker", "worker_error", f"{row.path}: {message}")}, None
-            finish_clip(name, row.key, status, members_ref)
+        for ref, statuses in zip(done, _statuses(done), strict=True):
+            name, rows, members_ref = running.pop(ref)
+            heard += [r.key for r in rows]
+            if not isinstance(statuses, ray.exceptions.RayError):
+                for position, (row, status) in enumerate(zip(rows, statuses, strict=True)):
+                    finish_clip(name, row.key, status, members_ref, position)
+                bar.update(len(rows))
+            elif len(rows) > 1:  # Ray's retries are spent: one task per clip finds the clip that fails
+                todo.extendleft((name, [r]) for r in rows)
+            else:
+                message = str(statuses).strip().splitlines()[-1][:300]
+                finish_clip(name, rows[0].key, {"key": rows[0].key, "index_rows": [], "failure": failure_row(
+                    rows[0], "worker", "worker_error", f"{rows[0].path}: {message}")})
+                bar.update(1)
         if heard:
             clock.forget.remote(heard)
-        bar.update(len(done))
         now = time.monotonic()
         if now < next_scan:
             continue
@@ -428,14 +493,26 @@ def _execute(job: PreprocessJob, plan: list[tuple[str, list[ClipRow]]], tags: di
                 old.append((submitted, ref))
         if not old:
             continue
-        ages = _running_for(clock, [running[r][1].key for _, r in old], [t for t, _ in old])
-        for (_, ref), age in zip(old, ages, strict=True):
-            if age is not None and age > data.decode_timeout_s:
-                ray.cancel(ref, force=True)
-                name, row, _ = running.pop(ref)
-                finish_clip(name, row.key, {"key": row.key, "index_rows": [], "failure": failure_row(
-                    row, "decode", "timeout", f"{row.path}: decode took over {data.decode_timeout_s:.0f} s")}, None)
-                bar.update(1)
+        started = _running_for(clock, [r.key for _, ref in old for r in running[ref][1]])
+        taken = 0
+        for submitted, ref in old:
+            name, rows, _ = running[ref]
+            task_started = None if started is None else started[taken:taken + len(rows)]
+            taken += len(rows)
+            overdue, hung, worker = _overdue(rows, task_started, now - submitted, data.decode_timeout_s)
+            if not overdue or not _attempt_running(ref, worker):
+                continue
+            ray.cancel(ref, force=True)
+            del running[ref]
+            clock.forget.remote([r.key for r in rows])  # a clip that runs again starts its clock again
+            if hung is None:  # the clock is gone: one task per clip tells which one hangs
+                todo.extendleft((name, [r]) for r in rows)
+                continue
+            finish_clip(name, hung.key, {"key": hung.key, "index_rows": [], "failure": failure_row(
+                hung, "decode", "timeout", f"{hung.path}: decode took over {data.decode_timeout_s:.0f} s")})
+            bar.update(1)
+            if rest := [r for r in rows if r is not hung]:
+                todo.appendleft((name, rest))
     bar.close()
     ray.kill(clock)
     if unbundled:

@@ -5,6 +5,8 @@
 - ``kill_driver_after_shards=N``: the preprocessing driver SIGKILLs itself after N shards.
 - ``kill_worker_once=PATH``: the first clip task to create PATH SIGKILLs its own worker process.
 - ``hang_key=KEY``: the clip task for sample KEY sleeps forever (a hung decode).
+- ``crash_key=KEY``: the clip task for sample KEY SIGKILLs its worker process, every time (a decoder
+  that segfaults on that file).
 - ``kill_train_worker_once=PATH@STEP``: the first Ray Train worker to finish step STEP and
   create PATH SIGKILLs itself (FailureConfig must then restart from the checkpoint).
 - ``train_step_delay_s=S``: every training step sleeps S seconds, so a test can kill a run
@@ -51,6 +53,8 @@ def clip_task_started(key: str) -> None:
     if faults.get("hang_key") == key:
         while True:
             time.sleep(3600)
+    if faults.get("crash_key") == key:
+        os.kill(os.getpid(), signal.SIGKILL)
     if "kill_worker_once" in faults:
         _kill_once(faults["kill_worker_once"])
 

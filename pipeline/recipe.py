@@ -43,8 +43,11 @@ class DataConfig:
     # "shard": the trainer reads the features the shards carry, checks them against the model's own
     # fourier_features and feeds them to the model; "device": the model computes them (identical values).
     fourier_source: str = "shard"
-    decode_timeout_s: float = 120.0  # a clip task running longer (from its start, not its queueing) is a failure
+    decode_timeout_s: float = 120.0  # a clip taking longer (from its start, not its queueing) is a failure
     max_in_flight: int = 0  # clip tasks in flight; 0 = the cluster's CPUs
+    # Clips one task encodes, in a row: the driver's cost per task (submission, status, Ray's messages)
+    # is shared by that many rows. A hung clip's task is cancelled and its other clips run again.
+    clips_per_task: int = 4
 
 
 def modalities_of(data: DataConfig, names: Sequence[str]) -> list[Modality]:
@@ -60,7 +63,8 @@ def check_recipe(data: DataConfig, modalities: Sequence[Modality]) -> None:
     names = [m.name for m in modalities]
     checks = [(bool(names) and len(set(names)) == len(names), "inputs.modalities must name each modality once"),
               (data.fourier_source in ("shard", "device"), "data.fourier_source must be 'shard' or 'device'"),
-              (data.train_windows >= 0, "data.train_windows must be >= 0 (0: store whole segments)")]
+              (data.train_windows >= 0, "data.train_windows must be >= 0 (0: store whole segments)"),
+              (data.clips_per_task >= 1, "data.clips_per_task must be >= 1")]
     for m in modalities:
         checks += m.checks()
         checks.append((data.segment_seconds >= m.window_s - 1e-6,

@@ -14,7 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.distributed import _overdue
 from pipeline.lock import RunLock
+from pipeline.records import ClipRow
 from pipeline.storage import locate
 
 pytestmark = pytest.mark.slow
@@ -68,18 +70,36 @@ def test_a_killed_worker_is_retried_without_duplicates(ray_cluster, micro_data, 
     assert _snapshot(out) == _snapshot(micro_data.train)
 
 
-def test_a_hung_decode_is_bounded_and_recorded(ray_cluster, micro_data, tmp_path):
-    index = pd.read_parquet(micro_data.train / "index.parquet")
-    hung = index["key"].iloc[5]
-    env = dict(ray_cluster.env, PERCEIVER_AV_FAULT=f"hang_key={hung}")
+def test_a_hung_and_a_crashing_clip_are_recorded_alone(ray_cluster, micro_data, tmp_path):
+    # Tasks of 4 clips, shards of 8: the 6th clip is the 2nd of shard 0's second task, the 11th the 3rd
+    # of shard 1's first. The hung task is cancelled after clip 5 finished; the crashing one spends its
+    # Ray retries. Either way only the clip at fault is recorded and its task-mates are kept.
+    keys = pd.read_parquet(micro_data.train / "index.parquet")["key"]
+    hung, crashed = keys.iloc[5], keys.iloc[10]
+    env = dict(ray_cluster.env, PERCEIVER_AV_FAULT=f"hang_key={hung},crash_key={crashed}")
     out = tmp_path / "out"
-    result = subprocess.run(_args(micro_data.data, out, "--set", "data.decode_timeout_s=5"), env=env,
+    result = subprocess.run(_args(micro_data.data, out, "--set", "data.decode_timeout_s=5",
+                                  "--set", "data.clips_per_task=4"), env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     failures = pd.read_parquet(out / "failures.parquet")
-    assert failures[["key", "error"]].values.tolist() == [[hung, "timeout"]]
-    assert len(pd.read_parquet(out / "index.parquet")) == 23
-    assert "1 failed (timeout=1)" in result.stdout
+    assert sorted(failures[["key", "error"]].values.tolist()) == sorted([[hung, "timeout"],
+                                                                         [crashed, "worker_error"]])
+    index = pd.read_parquet(out / "index.parquet")
+    assert sorted(index["key"]) == sorted(set(keys) - {hung, crashed})
+    assert "2 failed (timeout=1, worker_error=1)" in result.stdout
+    assert "state API did not answer" not in result.stderr  # the check for a retried attempt was made
+
+
+def test_a_hung_clip_is_the_one_its_task_started_last():
+    rows = [ClipRow(f"k{i}", f"y{i}", 0.0, 10.0, labels=(0,), path=f"{i}.mp4", source=f"s.csv:{i}") for i in range(3)]
+    # Clips run in order: k0 finished, k1 has run 7 s in worker w (past the 5 s timeout), k2 has not started.
+    assert _overdue(rows, [(30.0, "w"), (7.0, "w"), None], 40.0, 5.0) == (True, rows[1], "w")
+    assert _overdue(rows, [(30.0, "w"), (3.0, "w"), None], 40.0, 5.0) == (False, rows[1], "w")  # no clip past 5 s
+    assert _overdue(rows, [None, None, None], 40.0, 5.0) == (False, None, None)  # queued behind busy CPUs
+    # Without the start clock only a one-clip task's culprit is known; the driver splits the others.
+    assert _overdue(rows, None, 40.0, 5.0) == (True, None, None)
+    assert _overdue(rows[:1], None, 40.0, 5.0) == (True, rows[0], None)
 
 
 def test_retry_failed_fills_in_clips_that_appear_later(ray_cluster, micro_data, tmp_path):
