@@ -8,7 +8,8 @@ its own process). Only decoding is stood in for: ``EncodeOptions(decoder=fixed_c
 task the same small clip (1 s of 16 px video and raw 8 kHz audio) without opening a file, so the clip
 tasks cost little and the driver's own work shows. Shards hold AudioSet's 64 clips; one row in
 ``FAIL_EVERY`` fails its stand-in decode, so failures are accounted and ``--retry-failed`` has work.
-Clip tasks reserve a fraction of a CPU and ``data.max_in_flight`` (1000) of them are in flight.
+Clip tasks reserve a fraction of a CPU and ``data.max_in_flight`` (1000) of them are in flight, each
+encoding ``data.clips_per_task`` clips (the recipe's default, or each value of ``--clips-per-task``).
 
 Each size runs in a fresh driver process (``driver`` below), then once more with ``--retry-failed``.
 Per size it prints the driver's CPU (``getrusage``: user + sys of the whole process), its peak memory
@@ -18,10 +19,13 @@ their microsecond timestamps), side by side, with the ratios between sizes and a
 linear projection to 2 million rows (AudioSet's unbalanced train list). Targets: driver CPU <= 1 ms
 per row, peak driver memory <= 4 GB at 2 million rows, finalize <= 10% of the run, finalize and a
 ``--retry-failed`` run each <= parts/100 + 10 GETs (object GETs and list pages, both HTTP GETs).
+It also prints the driver's CPU by thread (Python's main thread against Ray's own), and with several
+``--clips-per-task`` values each size runs at each, compared side by side.
 
     python benchmarks/scale.py            # 50,000, 100,000 and 200,000 rows
     python benchmarks/scale.py --quick    # 5,000 and 10,000 rows
     python benchmarks/scale.py --sizes 20000 --profile .bench/scale/prof   # cProfile of the driver
+    python benchmarks/scale.py --sizes 20000 --clips-per-task 1 4           # one clip per task against 4
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from benchmarks.common import CONFIGS, ROOT, machine_summary, print_table, verdi
 from jobs.local_ray import BIN, free_port, start_cluster  # noqa: E402
 from pipeline import storage  # noqa: E402
 from pipeline.decode import DecodedClip, DecodeError  # noqa: E402
+from pipeline.recipe import DataConfig  # noqa: E402
 
 SIZES = (50_000, 100_000, 200_000)
 QUICK_SIZES = (5_000, 10_000)
@@ -261,14 +266,15 @@ def count_between(requests: Sequence[tuple[float, str]], start: float, end: floa
 @dataclass
 class SizeRun:
     rows: int
+    clips_per_task: int
     first: dict  # the driver's record of the full run
     retry: dict  # and of the --retry-failed run after it
     requests: dict[str, Counter]  # phase (and "retry run") -> method -> count
 
 
-def run_size(inputs: Inputs, server: S3Server, cluster, args: argparse.Namespace) -> SizeRun:
+def run_size(inputs: Inputs, per_task: int, server: S3Server, cluster, args: argparse.Namespace) -> SizeRun:
     """A full run of ``inputs`` into a fresh prefix, then a ``--retry-failed`` run over it."""
-    prefix = f"scale-{inputs.rows}"
+    prefix = f"scale-{inputs.rows}-{per_task}"
     shutil.rmtree(server.root / BUCKET / prefix, ignore_errors=True)
     records = []
     for retry in (False, True):
@@ -277,14 +283,17 @@ def run_size(inputs: Inputs, server: S3Server, cluster, args: argparse.Namespace
                    "--media-dir", str(inputs.media), "--out", f"s3://{BUCKET}/{prefix}", "--address", cluster.address,
                    "--config", str(CONFIGS / "micro.yaml"),
                    "--task-cpus", str(args.task_cpus), "--task-calls", str(args.task_calls),
-                   *(f"--set={s}" for s in (*RECIPE, f"data.max_in_flight={args.in_flight}"))]
+                   *(f"--set={s}" for s in (*RECIPE, f"data.max_in_flight={args.in_flight}",
+                                             f"data.clips_per_task={per_task}"))]
         if retry:
             command.append("--retry-failed")
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
-            command += ["--profile", str(args.profile / f"driver-{inputs.rows}{'-retry' if retry else ''}.prof")]
-        log = server.root.parent / f"driver-{inputs.rows}{'-retry' if retry else ''}.log"
-        print(f"  {'--retry-failed' if retry else 'full run'} over {inputs.rows} rows (log: {log}) ...", flush=True)
+            command += ["--profile",
+                        str(args.profile / f"driver-{inputs.rows}-{per_task}{'-retry' if retry else ''}.prof")]
+        log = server.root.parent / f"driver-{inputs.rows}-{per_task}{'-retry' if retry else ''}.log"
+        print(f"  {'--retry-failed' if retry else 'full run'} over {inputs.rows} rows, {per_task} clips per task "
+              f"(log: {log}) ...", flush=True)
         with open(log, "w") as err:
             result = subprocess.run(command, cwd=ROOT, env=dict(cluster.env, **server.env), stdout=subprocess.PIPE,
                                     stderr=err, text=True, timeout=args.run_timeout)
@@ -303,7 +312,7 @@ def run_size(inputs: Inputs, server: S3Server, cluster, args: argparse.Namespace
     requests["retry run"] = count_between(logged, retry["began"], retry["ended"])
     if not args.keep:
         shutil.rmtree(server.root / BUCKET / prefix, ignore_errors=True)
-    return SizeRun(inputs.rows, first, retry, requests)
+    return SizeRun(inputs.rows, per_task, first, retry, requests)
 
 
 # ---------------------------------------------------------------- report
@@ -321,6 +330,47 @@ def gets(counts: Counter) -> int:
     return counts["GET"] + counts["LIST"]
 
 
+def clip_rate(r: SizeRun) -> float:
+    return r.rows / (r.first["wall"]["clips"][1] - r.first["wall"]["clips"][0])
+
+
+def cpu_per_row(r: SizeRun) -> float:
+    return 1000 * r.first["cpu_s"] / r.rows
+
+
+def thread_table(runs: Sequence[SizeRun]) -> None:
+    """The driver's CPU ms per row by thread: Python's main thread (imports separate) against Ray's own."""
+    names = Counter()
+    for r in runs:
+        names.update(r.first["threads"])
+    top = [n for n, _ in names.most_common(6)]
+    rows = []
+    for r in runs:
+        threads = r.first["threads"]
+        row = {"rows": f"{r.rows:,}", "clips/task": r.clips_per_task,
+               "imports": f"{1000 * r.first['import_cpu_s'] / r.rows:.3f}"}
+        row |= {n: f"{1000 * threads.get(n, 0.0) / r.rows:.3f}" for n in top}
+        row["other"] = f"{1000 * (sum(threads.values()) - sum(threads.get(n, 0.0) for n in top)) / r.rows:.3f}"
+        rows.append(row)
+    print_table("Driver CPU by thread, ms per row (from /proc/self/task/*/stat; the main thread includes imports)",
+                rows)
+
+
+def comparison(runs: Sequence[SizeRun], values: Sequence[int]) -> None:
+    """Each size at each clips-per-task value, side by side, as ratios to the first value."""
+    table = []
+    for rows in dict.fromkeys(r.rows for r in runs):
+        at = {r.clips_per_task: r for r in runs if r.rows == rows}
+        base = at[values[0]]
+        for v in values:
+            r = at[v]
+            table.append({"rows": f"{rows:,}", "clips/task": v, "CPU ms/row": f"{cpu_per_row(r):.3f}",
+                          "clips/s": f"{clip_rate(r):.0f}", "peak RSS MB": f"{r.first['maxrss_mb']:.0f}",
+                          f"CPU vs {values[0]}": f"{cpu_per_row(r) / cpu_per_row(base):.2f}",
+                          f"clips/s vs {values[0]}": f"{clip_rate(r) / clip_rate(base):.2f}"})
+    print_table(f"Clips per task compared (ratios to {values[0]})", table)
+
+
 def report(runs: Sequence[SizeRun], args: argparse.Namespace) -> None:
     table = []
     for r in runs:
@@ -329,9 +379,9 @@ def report(runs: Sequence[SizeRun], args: argparse.Namespace) -> None:
         span = {k: v[1] - v[0] for k, v in wall.items()}
         parts = -(-r.rows // 64) + -(-(f["failed"]) // 64)  # the full run's shards + the retry round's
         table.append({
-            "rows": f"{r.rows:,}", "shards": f["shards"], "failed": f["failed"],
-            "run s": f"{run_s:.0f}", "clips/s": f"{r.rows / span['clips']:.0f}",
-            "driver CPU s": f"{f['cpu_s']:.0f}", "CPU ms/row": f"{1000 * f['cpu_s'] / r.rows:.3f}",
+            "rows": f"{r.rows:,}", "clips/task": r.clips_per_task, "shards": f["shards"], "failed": f["failed"],
+            "run s": f"{run_s:.0f}", "clips/s": f"{clip_rate(r):.0f}",
+            "driver CPU s": f"{f['cpu_s']:.0f}", "CPU ms/row": f"{cpu_per_row(r):.3f}",
             "peak RSS MB": f"{f['maxrss_mb']:.0f}",
             "plan s": f"{span['plan']:.1f}", "finalize s": f"{span['finalize']:.1f}",
             "finalize %": f"{100 * span['finalize'] / run_s:.1f}", "index s": f"{span['index']:.1f}",
@@ -339,8 +389,9 @@ def report(runs: Sequence[SizeRun], args: argparse.Namespace) -> None:
             "finalize GET+LIST": gets(req["finalize"]),
             "retry GET+LIST": gets(req["retry run"]), "GET budget": parts // 100 + 10,
         })
-    print_table(f"Driver at scale: full run, then --retry-failed (data.max_in_flight={args.in_flight}, "
-                f"{args.task_cpus:g} CPU per clip task, {args.cpus} CPUs)", table, [
+    print_table(f"Driver at scale, data.clips_per_task={runs[0].clips_per_task}: full run, then --retry-failed "
+                f"(data.max_in_flight={args.in_flight}, {args.task_cpus:g} CPU per clip task, {args.cpus} CPUs)",
+                table, [
         "driver CPU = getrusage(RUSAGE_SELF) user+sys of the driver process (imports, sources stage, ray.init, "
         "run_preprocess, all threads); peak RSS = its ru_maxrss",
         "plan = plan_shards + the dataset check + reading finished part records; finalize = index.parquet, "
@@ -408,6 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="clip tasks per worker process before Ray replaces it (0: never; the driver's default "
                              "of 100 is for decord's leak, which the stand-in decoder has not)")
     parser.add_argument("--in-flight", type=int, default=1000, help="data.max_in_flight")
+    parser.add_argument("--clips-per-task", type=int, nargs="+", default=[DataConfig().clips_per_task],
+                        help="data.clips_per_task; with several values each size runs at each, compared side by side "
+                             f"(default {DataConfig().clips_per_task})")
     parser.add_argument("--run-timeout", type=float, default=3600, help="seconds one driver run may take")
     parser.add_argument("--profile", type=Path, help="folder for a cProfile of each driver run (slows the driver)")
     parser.add_argument("--keep", action="store_true", help="keep what the runs wrote to the server")
@@ -429,12 +483,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster = start_cluster(temp, num_cpus=args.cpus)
         try:
             for item in inputs:
-                print(f"{item.rows:,} rows:", flush=True)
-                runs.append(run_size(item, server, cluster, args))
+                for per_task in args.clips_per_task:
+                    print(f"{item.rows:,} rows, {per_task} clips per task:", flush=True)
+                    runs.append(run_size(item, per_task, server, cluster, args))
         finally:
             cluster.stop()
             shutil.rmtree(temp, ignore_errors=True)
-    report(runs, args)
+    for per_task in args.clips_per_task:
+        report([r for r in runs if r.clips_per_task == per_task], args)
+    thread_table(runs)
+    if len(args.clips_per_task) > 1:
+        comparison(runs, args.clips_per_task)
     if args.profile:
         for path in sorted(args.profile.glob("driver-*.prof")):
             print(f"\n== cProfile of run_preprocess: {path.name} (cumulative, top 25)")
