@@ -6,9 +6,9 @@ kills its worker process; a Ray Data block cannot be cut per clip, and Ray Data 
 blocks on errors. A task is a short run of one shard's clips (``data.clips_per_task``), so that
 Ray's cost per task in the driver is shared, and each clip is bounded on its own: the one a
 cancelled task hung on is recorded, the others run again (``max_calls`` recycles workers, since
-decord leaks across readers); the driver holds only small status records and object references. When all
-clips of a shard are in, one writer task streams their members into the shard, so bytes go
-worker -> object store -> writer -> storage, never through the driver.
+decord leaks across readers). The driver holds only small status records and object
+references. When all clips of a shard are in, one writer task streams their members into the
+shard, so bytes go worker -> object store -> writer -> storage, never through the driver.
 
 Resume: the plan (which keys go to which shard) is a function of the inputs, and a shard is
 finished once its part record ``_parts/<shard>.json`` exists (written after the shard itself).
@@ -128,8 +128,8 @@ class _StartClock:
     """When each clip started encoding, on this actor's clock, and in which worker process, for the
     decode timeout: it counts from there, not from its task's submission, so a task queued behind busy
     CPUs or waiting for a worker that is still importing torch on a loaded node is never taken for a
-    hung decode. The worker tells a start left by an attempt whose worker died from the attempt Ray
-    retries (``_attempt_running``). The driver asks only about tasks in flight for longer than the
+    hung decode. The worker lets the driver tell a start left behind by a worker that died from one
+    made by the attempt Ray retried in its place (``_attempt_running``). The driver asks only about tasks in flight for longer than the
     timeout, so a healthy run costs it nothing per clip (a streaming task reporting its own start cost
     the driver 0.5-0.8 ms of CPU per clip: docs/performance.md)."""
 
